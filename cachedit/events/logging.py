@@ -1,0 +1,116 @@
+"""structlog subscriber: key=value lines for debug (per step) and one line per finished run.
+
+It goes through the stdlib logger "cachedit" so ComfyUI's console and users' logging setup
+receive it. The per-step handlers are connected only while some model has debug on, so with
+debug off the step signals have no receiver for logging at all.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import threading
+from typing import Any, Optional, Set
+
+import structlog
+
+from . import bus
+
+_std = std_logging.getLogger("cachedit")
+log = structlog.wrap_logger(
+    _std,
+    processors=[structlog.processors.KeyValueRenderer(key_order=["event", "model", "run", "step", "branch"], drop_missing=True)],
+    wrapper_class=structlog.stdlib.BoundLogger,
+)
+
+
+def _percentiles(values: list) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * (len(ordered) - 1) + 0.5))], 4)
+
+    return {"diff_p25": q(0.25), "diff_p50": q(0.5), "diff_p75": q(0.75), "diff_max": round(ordered[-1], 4)}
+
+
+class LogSubscriber:
+    """Writes the debug log of models with debug on, and run lines of models that ask for them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._debug: Set[int] = set()
+        self._runs: Set[int] = set()
+        bus.run_finished.connect(self._on_run_finished)
+
+    def set_model(self, key: int, *, debug: bool, log_runs: bool) -> None:
+        """Turn the debug log / run lines of one model on or off."""
+        with self._lock:
+            (self._debug.add if debug else self._debug.discard)(key)
+            (self._runs.add if (log_runs or debug) else self._runs.discard)(key)
+            wanted = bool(self._debug)
+        if wanted:
+            _ensure_visible()
+            bus.step_computed.connect(self._on_computed)
+            bus.cache_hit.connect(self._on_hit)
+            bus.run_started.connect(self._on_run_started)
+        else:
+            bus.step_computed.disconnect(self._on_computed)
+            bus.cache_hit.disconnect(self._on_hit)
+            bus.run_started.disconnect(self._on_run_started)
+
+    def forget(self, key: int) -> None:
+        """Drop a released model."""
+        self.set_model(key, debug=False, log_runs=False)
+
+    def _on_computed(self, key: int, **p: Any) -> None:
+        self._step(key, "compute", p)
+
+    def _on_hit(self, key: int, **p: Any) -> None:
+        self._step(key, "reuse", p)
+
+    def _step(self, key: int, decision: str, p: dict) -> None:
+        if key not in self._debug:
+            return
+        diff: Optional[float] = p.get("diff")
+        log.debug("cachedit.step", model=p.get("name"), run=p.get("run"), step=p.get("step"), branch=p.get("branch"),
+                  decision=decision, diff=None if diff is None else round(diff, 5), threshold=p.get("threshold"),
+                  blocks=f"{p.get('blocks')}/{p.get('total_blocks')}")
+
+    def _on_run_started(self, key: int, **p: Any) -> None:
+        if key in self._debug:
+            log.debug("cachedit.run_started", model=p.get("name"), run=p.get("run"), reason=p.get("reason"))
+
+    def _on_run_finished(self, key: int, **p: Any) -> None:
+        if key not in self._runs:
+            return
+        record = p.get("record")
+        steps = record.steps if record is not None else []
+        decided_steps = {s.step for s in steps}
+        reused_steps = {s.step for s in steps if s.reused}
+        diffs = [s.diff for s in steps if s.diff is not None and s.diff >= 0]
+        total = len(steps)
+        reused = sum(1 for s in steps if s.reused)
+        options = p.get("options")
+        num_middle_share = p.get("middle_share", None)
+        speedup = None
+        if total:
+            share = num_middle_share if num_middle_share is not None else 1.0
+            speedup = round(1.0 / max(1e-6, 1.0 - share * reused / total), 2)
+        log.info("cachedit.run", model=p.get("name"), run=p.get("run"),
+                 reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
+                 est_speedup=speedup, strategy=getattr(options, "strategy", None), **_percentiles(diffs))
+
+
+def _ensure_visible() -> None:
+    """Make debug lines show up when the user has not configured logging for "cachedit"."""
+    if _std.level == std_logging.NOTSET or _std.level > std_logging.DEBUG:
+        _std.setLevel(std_logging.DEBUG)
+    logger: Optional[std_logging.Logger] = _std
+    while logger is not None:
+        if logger.handlers:
+            return
+        logger = logger.parent if logger.propagate else None
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter("%(message)s"))
+    _std.addHandler(handler)

@@ -1,0 +1,186 @@
+"""Stats aggregation: a bus subscriber that keeps per-model counters for `summary` and
+`get_global_stats`. Thread-safe: sampling threads write, any thread reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Dict, List, Optional
+
+from . import bus
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """What `summary()` returns per accelerated module: cache-dit's fields plus CacheDit's own."""
+
+    cache_options: dict = dataclasses.field(default_factory=dict)
+    cached_steps: List[int] = dataclasses.field(default_factory=list)
+    residual_diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
+    cfg_cached_steps: List[int] = dataclasses.field(default_factory=list)
+    cfg_residual_diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
+    accumulated_cached_steps: int = 0
+    cfg_accumulated_cached_steps: int = 0
+    accumulated_executed_steps: int = 0
+    accumulated_transformer_executed_steps: int = 0
+    pruned_steps: List[int] = dataclasses.field(default_factory=list)
+    pruned_blocks: List[int] = dataclasses.field(default_factory=list)
+    actual_blocks: List[int] = dataclasses.field(default_factory=list)
+    pruned_ratio: Optional[float] = None
+    cfg_pruned_steps: List[int] = dataclasses.field(default_factory=list)
+    cfg_pruned_blocks: List[int] = dataclasses.field(default_factory=list)
+    cfg_actual_blocks: List[int] = dataclasses.field(default_factory=list)
+    cfg_pruned_ratio: Optional[float] = None
+    parallelism_config: Any = None
+    quantize_config: Any = None
+    # CacheDit's own
+    name: str = ""
+    strategy: str = ""
+    level: str = ""  # "block" or "step"
+    cache_hits: int = 0
+    cache_misses: int = 0
+    hit_rate: float = 0.0
+    blocks_computed: int = 0
+    blocks_skipped: int = 0
+    estimated_compute_saved: float = 0.0  # fraction of block compute skipped
+    runs: int = 0
+    cache_bytes: int = 0
+
+
+@dataclasses.dataclass
+class _ModelCounters:
+    name: str
+    strategy: str = ""
+    level: str = ""
+    hits: int = 0
+    misses: int = 0
+    blocks_computed: int = 0
+    blocks_total: int = 0
+    executed_steps: int = 0
+    calls: int = 0
+    cached_by_branch: Dict[int, int] = dataclasses.field(default_factory=dict)
+    runs: int = 0
+    run_index: int = -1
+    last_cached: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
+    last_diffs: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    last_record: Any = None
+    cache_bytes: int = 0
+
+
+class StatsAggregator:
+    """Subscribes to the bus and counts; `snapshot(key)` gives a consistent copy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: Dict[int, _ModelCounters] = {}
+        bus.model_registered.connect(self._on_registered)
+        bus.model_released.connect(self._on_released)
+        bus.run_started.connect(self._on_run_started)
+        bus.run_finished.connect(self._on_run_finished)
+        bus.step_computed.connect(self._on_computed)
+        bus.cache_hit.connect(self._on_hit)
+
+    def _counters(self, key: int, name: str = "") -> _ModelCounters:
+        c = self._models.get(key)
+        if c is None:
+            c = self._models[key] = _ModelCounters(name=name)
+        return c
+
+    def _on_registered(self, key: int, *, name: str, strategy: str = "", level: str = "", **_: Any) -> None:
+        with self._lock:
+            c = self._counters(key, name)
+            c.name, c.strategy, c.level = name, strategy, level
+
+    def _on_released(self, key: int, **_: Any) -> None:
+        with self._lock:
+            self._models.pop(key, None)
+
+    def _on_run_started(self, key: int, *, name: str, run: int, **_: Any) -> None:
+        with self._lock:
+            c = self._counters(key, name)
+            if run != c.run_index:
+                c.run_index = run
+                c.runs += 1
+                c.last_cached = {}
+                c.last_diffs = {}
+
+    def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0, **_: Any) -> None:
+        with self._lock:
+            c = self._counters(key)
+            c.last_record = record
+            c.cache_bytes = max(c.cache_bytes, cache_bytes)
+
+    def _on_computed(self, key: int, **payload: Any) -> None:
+        self._on_step(key, reused=False, **payload)
+
+    def _on_hit(self, key: int, **payload: Any) -> None:
+        self._on_step(key, reused=True, **payload)
+
+    def _on_step(self, key: int, *, reused: bool, step: int, branch: int, diff: Optional[float], blocks: int,
+                 total_blocks: int, **payload: Any) -> None:
+        with self._lock:
+            c = self._counters(key, payload.get("name", ""))
+            c.calls += 1
+            if branch == 0:
+                c.executed_steps += 1
+            c.blocks_computed += blocks
+            c.blocks_total += total_blocks
+            if diff is not None:
+                c.last_diffs.setdefault(branch, {})[str(step)] = diff
+            if reused:
+                c.hits += 1
+                c.cached_by_branch[branch] = c.cached_by_branch.get(branch, 0) + 1
+                c.last_cached.setdefault(branch, []).append(step)
+            else:
+                c.misses += 1
+
+    def reset(self, key: Optional[int] = None) -> None:
+        """Zero the counters of one model (or all)."""
+        with self._lock:
+            keys = [key] if key is not None else list(self._models)
+            for k in keys:
+                old = self._models.get(k)
+                if old is not None:
+                    self._models[k] = _ModelCounters(name=old.name, strategy=old.strategy, level=old.level,
+                                                     run_index=old.run_index)
+
+    def snapshot(self, key: int) -> Optional[CacheStats]:
+        """A CacheStats copy for one model, or None if it is not tracked."""
+        with self._lock:
+            c = self._models.get(key)
+            if c is None:
+                return None
+            decisions = c.hits + c.misses
+            skipped = c.blocks_total - c.blocks_computed
+            return CacheStats(
+                cached_steps=list(c.last_cached.get(0, [])),
+                residual_diffs=dict(c.last_diffs.get(0, {})),
+                cfg_cached_steps=sorted({s for b, steps in c.last_cached.items() if b > 0 for s in steps}),
+                cfg_residual_diffs={k: v for b, d in c.last_diffs.items() if b > 0 for k, v in d.items()},
+                accumulated_cached_steps=c.cached_by_branch.get(0, 0),
+                cfg_accumulated_cached_steps=sum(v for b, v in c.cached_by_branch.items() if b > 0),
+                accumulated_executed_steps=c.executed_steps,
+                accumulated_transformer_executed_steps=c.calls,
+                name=c.name,
+                strategy=c.strategy,
+                level=c.level,
+                cache_hits=c.hits,
+                cache_misses=c.misses,
+                hit_rate=(c.hits / decisions) if decisions else 0.0,
+                blocks_computed=c.blocks_computed,
+                blocks_skipped=skipped,
+                estimated_compute_saved=(skipped / c.blocks_total) if c.blocks_total else 0.0,
+                runs=c.runs,
+                cache_bytes=c.cache_bytes,
+            )
+
+    def last_record(self, key: int) -> Any:
+        """The RunRecord of the last finished run of one model (None before any)."""
+        with self._lock:
+            c = self._models.get(key)
+            return c.last_record if c is not None else None
+
+    def keys(self) -> List[int]:
+        """Models with counters."""
+        with self._lock:
+            return list(self._models)

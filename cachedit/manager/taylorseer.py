@@ -1,0 +1,46 @@
+"""TaylorSeer: forecast a reused residual from the residuals of the last computed steps.
+
+On each computed step the series keeps the value and finite differences up to `order`
+(divided by the step gap, so uneven gaps extrapolate correctly); on a reused step it returns
+sum_i d_i * k**i / i!, where k is the number of steps since the last computed one. The update
+is done in place with `torch.sub`/`div_` so no tensor is copied beyond the terms themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+
+
+class TaylorSeries:
+    """Finite-difference Taylor terms of one tensor stream."""
+
+    __slots__ = ("order", "terms", "last_step")
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.terms: List[torch.Tensor] = []
+        self.last_step: Optional[int] = None
+
+    def update(self, value: torch.Tensor, step: int) -> None:
+        """Record the exact value computed at `step`."""
+        new_terms = [value]
+        if self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
+            gap = float(step - self.last_step)
+            for i in range(min(self.order, len(self.terms))):
+                diff = torch.sub(new_terms[i], self.terms[i])
+                new_terms.append(diff.div_(gap) if gap != 1.0 else diff)
+        self.terms = new_terms
+        self.last_step = step
+
+    def predict(self, step: int) -> torch.Tensor:
+        """Extrapolate to `step` (returns the last value itself when there is nothing to extrapolate)."""
+        if len(self.terms) == 1 or self.last_step is None:
+            return self.terms[0]
+        k = float(step - self.last_step)
+        out = self.terms[0].clone()
+        for i in range(1, len(self.terms)):
+            out.add_(self.terms[i], alpha=(k ** i) / math.factorial(i))
+        return out
