@@ -68,7 +68,8 @@ class CallState:
 class CacheEngine:
     """Runtime of one accelerated model (owned by the CacheManager, found through a weakref)."""
 
-    def __init__(self, key: int, name: str, options: CacheOptions, list_lengths: Sequence[int]) -> None:
+    def __init__(self, key: int, name: str, options: CacheOptions, list_lengths: Sequence[int], *,
+                 clone_inputs: bool = False) -> None:
         self.key = key
         self.name = name
         self.options = options
@@ -77,7 +78,9 @@ class CacheEngine:
         self.current: Optional[CallState] = None
         self.enabled = True
         self.lock = threading.RLock()
-        self.clone_inputs = False  # set when a block is seen modifying its input in place
+        # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
+        # adapter says so up front; otherwise it is switched on when a version counter shows it).
+        self.clone_inputs = clone_inputs
         self.configure_blocks(list_lengths)
 
     # -- layout -----------------------------------------------------------------------------------
@@ -192,6 +195,8 @@ class CacheEngine:
         role = self.roles[index]
         if role & ROLE_FIRST:
             hidden = streams.get("hidden")
+            if hidden is not None and self.clone_inputs and self.fn > 0:
+                hidden = hidden.clone()
             call.probe_base = hidden
             call.probe_base_version = hidden._version if hidden is not None else 0
             if self.fn == 0:
@@ -212,7 +217,10 @@ class CacheEngine:
         if role & ROLE_PROBE and not call.decided:
             hidden = streams.get("hidden")
             base = call.probe_base
-            if base is not None and hidden is not None and base.shape == hidden.shape and base._version == call.probe_base_version:
+            if base is not None and base._version != call.probe_base_version:
+                self.clone_inputs = True  # block 0 wrote into its input: copy it from the next call on
+                base = None
+            if base is not None and hidden is not None and base.shape == hidden.shape:
                 probe = hidden - base
             else:
                 probe = hidden

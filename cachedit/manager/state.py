@@ -96,7 +96,11 @@ class BranchState:
             tensors.extend(streams.values())
         for series in self.taylor.values():
             tensors.extend(series.terms)
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        seen = {}
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                seen[(t.device, t.data_ptr())] = t.numel() * t.element_size()  # aliases count once
+        return sum(seen.values())
 
 
 @dataclasses.dataclass
@@ -109,6 +113,7 @@ class RunState:
     last_timestep: Optional[float] = None
     direction: int = 0  # -1 decreasing timesteps, +1 increasing, 0 unknown yet
     calls_in_step: int = 0
+    keys_in_step: Dict[Hashable, int] = dataclasses.field(default_factory=dict)  # explicit key -> calls this step
     total_steps: Optional[int] = None
     branches: Dict[Hashable, BranchState] = dataclasses.field(default_factory=dict)
     record: RunRecord = None  # type: ignore[assignment]
@@ -193,7 +198,7 @@ class RunTracker:
             if step_index is not None:
                 run.step = step_index
             run.calls_in_step = 1
-            return run, run.step, branch_key if branch_key is not None else 0, reason
+            return run, run.step, self._key(run, branch_key), reason
 
         assert run is not None
         if step_index is not None:
@@ -210,12 +215,24 @@ class RunTracker:
                     run.direction = 1 if timestep > run.last_timestep else -1
                 run.step += 1
         run.calls_in_step = run.calls_in_step + 1 if same else 1
+        if not same:
+            run.keys_in_step.clear()
         if timestep is not None:
             run.last_timestep = timestep
         if total_steps is not None:
             run.total_steps = total_steps
-        key = branch_key if branch_key is not None else run.calls_in_step - 1
-        return run, run.step, key, ""
+        return run, run.step, self._key(run, branch_key), ""
+
+    @staticmethod
+    def _key(run: RunState, branch_key: Optional[Hashable]) -> Hashable:
+        """Branch key of a call: the caller's key plus how often it was seen this step (a second
+        evaluation with the same conditioning, e.g. Heun's or SkipLayerGuidance's, gets its own
+        branch), or the call's position within the step when the caller has no key."""
+        if branch_key is None:
+            return run.calls_in_step - 1
+        seen = run.keys_in_step.get(branch_key, 0)
+        run.keys_in_step[branch_key] = seen + 1
+        return (branch_key, seen)
 
     def abort(self) -> None:
         """An exception interrupted a call: the next call starts a new run."""

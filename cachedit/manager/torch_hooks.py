@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import weakref
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -50,11 +51,11 @@ class TorchHooks:
 
     def __init__(self, engine: CacheEngine, model: nn.Module, block_lists: List[nn.ModuleList]) -> None:
         self.engine = engine
-        self.model = model
+        self._model_ref = weakref.ref(model)  # the manager must not keep the model alive
         self.blocks: List[nn.Module] = [b for bl in block_lists for b in bl]
-        self.hooked: List[nn.Module] = []
-        sig = inspect.signature(model.forward)
-        names = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.hooked: List[Any] = []
+        sig = inspect.signature(type(model).forward)
+        names = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
         self._param_pos = {n: i for i, n in enumerate(names)}
         self._timestep_arg = next((n for n in TIMESTEP_NAMES if n in sig.parameters), None)
         self._output_template: Any = None
@@ -64,9 +65,12 @@ class TorchHooks:
     def install(self) -> None:
         """Hook the model and the blocks the engine needs."""
         self.remove()
-        original = type(self.model).forward.__get__(self.model)
-        _set_forward(self.model, self._model_forward(original))
-        self.hooked.append(self.model)
+        model = self._model_ref()
+        if model is None:
+            return
+        original = type(model).forward.__get__(model)
+        _set_forward(model, self._model_forward(original))
+        self.hooked.append(weakref.ref(model))
         if self.engine.step_level:
             return
         for index in self.engine.hooked_blocks():
@@ -78,7 +82,10 @@ class TorchHooks:
     def remove(self) -> None:
         """Restore every hooked module's class forward."""
         for module in self.hooked:
-            _restore_forward(module)
+            if isinstance(module, weakref.ref):
+                module = module()
+            if module is not None:
+                _restore_forward(module)
         self.hooked.clear()
 
     # -- model level -----------------------------------------------------------------------------
