@@ -27,11 +27,24 @@ from .state import BranchState, RunTracker, StepRecord
 from .strategies import make_strategy
 from .taylorseer import TaylorSeries
 
+def _eager(fn):
+    """Keep cache bookkeeping out of torch.compile graphs: decisions run eagerly, blocks compile."""
+    return torch.compiler.disable(fn, recursive=True)
+
+
 ROLE_FIRST = 1  # block 0: its hidden input is the probe base
 ROLE_PROBE = 2  # block Fn-1: its output gives the probe, the decision follows
 ROLE_MID = 4  # a middle block: skipped on reuse
 ROLE_SEG_FIRST = 8  # first middle block of a segment: its input is the segment base
 ROLE_SEG_LAST = 16  # last middle block of a segment: its output gives the segment residual
+
+
+def _version(t: Optional[torch.Tensor]) -> int:
+    """In-place write counter of a tensor; -1 for inference tensors (torch.inference_mode(), as
+    ComfyUI samples), which keep none: adapters for such callers pass clone_inputs up front."""
+    if t is None or t.is_inference():
+        return -1
+    return t._version
 
 
 def relative_l1(previous: torch.Tensor, current: torch.Tensor) -> Optional[float]:
@@ -132,6 +145,7 @@ class CacheEngine:
         return [i for i, r in enumerate(self.roles) if r]
 
     # -- calls ------------------------------------------------------------------------------------
+    @_eager
     def begin_call(self, timestep: Optional[float], branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None) -> Optional[CallState]:
         """Place a call in its run/step/branch; None when the engine is disabled."""
@@ -159,6 +173,7 @@ class CacheEngine:
             self.current = call
             return call
 
+    @_eager
     def end_call(self, call: Optional[CallState], failed: bool = False) -> None:
         """Close a call; on failure the run ends so nothing half-written is ever reused."""
         if call is None:
@@ -190,6 +205,7 @@ class CacheEngine:
                                   middle_share=self.num_middle / self.num_blocks if self.num_blocks else 1.0)
 
     # -- block protocol ---------------------------------------------------------------------------
+    @_eager
     def block_input(self, call: CallState, index: int, streams: Dict[str, torch.Tensor]) -> None:
         """Called with the input streams of block 0 and of each segment's first block."""
         role = self.roles[index]
@@ -198,7 +214,7 @@ class CacheEngine:
             if hidden is not None and self.clone_inputs and self.fn > 0:
                 hidden = hidden.clone()
             call.probe_base = hidden
-            call.probe_base_version = hidden._version if hidden is not None else 0
+            call.probe_base_version = _version(hidden)
             if self.fn == 0:
                 self._decide(call, hidden)
         if role & ROLE_SEG_FIRST:
@@ -209,15 +225,16 @@ class CacheEngine:
                 if self.clone_inputs:
                     streams = {k: v.clone() if v is not None else None for k, v in streams.items()}
                 call.seg_in[seg] = streams
-                call.seg_in_versions[seg] = {k: v._version for k, v in streams.items() if v is not None}
+                call.seg_in_versions[seg] = {k: _version(v) for k, v in streams.items() if v is not None}
 
+    @_eager
     def block_output(self, call: CallState, index: int, streams: Dict[str, Optional[torch.Tensor]]) -> None:
         """Called with the output streams of block Fn-1 and of each segment's last block (computed)."""
         role = self.roles[index]
         if role & ROLE_PROBE and not call.decided:
             hidden = streams.get("hidden")
             base = call.probe_base
-            if base is not None and base._version != call.probe_base_version:
+            if base is not None and _version(base) != call.probe_base_version:
                 self.clone_inputs = True  # block 0 wrote into its input: copy it from the next call on
                 base = None
             if base is not None and hidden is not None and base.shape == hidden.shape:
@@ -231,7 +248,7 @@ class CacheEngine:
             versions = call.seg_in_versions.pop(seg, {})
             if inputs is None:
                 return
-            if any(inputs[k]._version != v for k, v in versions.items()):
+            if any(_version(inputs[k]) != v for k, v in versions.items()):
                 # A block changed its input in place: this residual is wrong. Drop it, and copy inputs from now on.
                 self.clone_inputs = True
                 call.branch.residuals.pop(seg, None)
@@ -252,6 +269,7 @@ class CacheEngine:
                         series = call.branch.taylor[(seg, name)] = TaylorSeries(order)
                     series.update(value, call.step)
 
+    @_eager
     def reused_segment(self, call: CallState, index: int) -> Dict[str, Optional[torch.Tensor]]:
         """Streams a skipped middle block returns (its segment's input plus the cached residual)."""
         return call.seg_out[self.segment_of[index]]
@@ -311,6 +329,7 @@ class CacheEngine:
                         diff=recorded, threshold=threshold, blocks=self.num_blocks - skipped, total_blocks=self.num_blocks)
 
     # -- step level (no block list) ---------------------------------------------------------------
+    @_eager
     def step_level_call(self, call: CallState, x: torch.Tensor, compute):
         """Whole-model reuse for modules without blocks: output = input + cached (output - input).
 
