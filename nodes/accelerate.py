@@ -1,0 +1,137 @@
+"""CacheDit Accelerate / Advanced Config / Cache Control: thin clients of `cachedit`'s API.
+
+Every node returns a new MODEL (a patched clone); the input MODEL is never modified, so one
+loader can feed accelerated and plain branches of the same workflow.
+"""
+
+from __future__ import annotations
+
+import cachedit
+from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS, STRATEGIES
+from comfy_api.latest import io
+
+CATEGORY = "CacheDit"
+
+
+class CacheDitAccelerate(io.ComfyNode):
+    """One input, nothing to tune: the library's adaptive defaults."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CacheDitAccelerate",
+            display_name="CacheDit Accelerate | CacheDit 模型加速",
+            category=CATEGORY,
+            description="Speeds up sampling of diffusion transformers (Flux, Wan, Qwen-Image, HunyuanVideo, LTXV, SD3, "
+                        "Lumina2, HiDream...) by reusing the middle blocks' work on steps where it barely changes. "
+                        "Adaptive defaults; other models fall back to whole-step reuse.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to accelerate (from a loader, LoRA or any model node)."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(cachedit.enable_cache(model))
+
+
+class CacheDitAdvancedConfig(io.ComfyNode):
+    """Every knob of the cache, with the adaptive defaults preset."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = ADAPTIVE_DEFAULTS
+        return io.Schema(
+            node_id="CacheDitAdvancedConfig",
+            display_name="CacheDit Advanced Config | CacheDit 高级配置",
+            category=CATEGORY,
+            description="CacheDit with every setting exposed: the strategy (adaptive, fixed, dynamic), DBCache's "
+                        "Fn/Bn blocks and threshold, TaylorSeer, warmup and the sampling window.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to accelerate."),
+                io.Combo.Input("strategy", options=list(STRATEGIES), default="adaptive",
+                               tooltip="adaptive: reuse when the first blocks' output barely changed (measured each "
+                                       "step). fixed: after warmup, every skip_interval-th step reuses. dynamic: "
+                                       "reuse more as sampling progresses, up to skip_interval steps in a row."),
+                io.Int.Input("skip_interval", default=2, min=1, max=10,
+                             tooltip="fixed: one step in every skip_interval reuses the cache. dynamic: the longest "
+                                     "run of reused steps. Unused by adaptive."),
+                io.Int.Input("warmup_steps", default=d["max_warmup_steps"], min=0, max=20,
+                             tooltip="The first steps always compute (the image's layout forms there)."),
+                io.Float.Input("noise_scale", default=0.0, min=0.0, max=0.1, step=0.001,
+                               tooltip="Adds noise of this relative size to reused residuals; can hide banding on "
+                                       "long reuse streaks. 0 = off."),
+                io.Boolean.Input("debug", default=False,
+                                 tooltip="Print one console line per step (decision, measured diff, threshold)."),
+                io.Float.Input("residual_diff_threshold", default=d["residual_diff_threshold"], min=0.0, max=1.0,
+                               step=0.01, tooltip="adaptive: reuse when the probe's relative change since the last "
+                                                  "computed step is below this. Higher = faster, lower = closer to "
+                                                  "the uncached image. 0 never reuses."),
+                io.Int.Input("Fn_compute_blocks", default=d["Fn_compute_blocks"], min=0, max=64,
+                             tooltip="First blocks that always compute; their output change is the probe adaptive "
+                                     "measures."),
+                io.Int.Input("Bn_compute_blocks", default=d["Bn_compute_blocks"], min=0, max=64,
+                             tooltip="Last blocks that always compute, refining a reused result."),
+                io.Int.Input("max_continuous_cached_steps", default=d["max_continuous_cached_steps"], min=-1, max=50,
+                             tooltip="At most this many reused steps in a row, then one computes. -1 = no limit."),
+                io.Boolean.Input("taylorseer", default=bool(ADAPTIVE_DEFAULT_TAYLORSEER_ORDER),
+                                 tooltip="TaylorSeer: extrapolate reused residuals from the last computed steps "
+                                         "instead of repeating the last one."),
+                io.Int.Input("taylorseer_order", default=max(1, ADAPTIVE_DEFAULT_TAYLORSEER_ORDER), min=1, max=4,
+                             tooltip="Order of the TaylorSeer extrapolation (1 = linear)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Reuse only after this fraction of the sampling steps."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Reuse only before this fraction of the sampling steps."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None, **kwargs) -> bool | str:
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+            return f"start_percent={start_percent} is above end_percent={end_percent}; allowed: start_percent <= end_percent"
+        return True
+
+    @classmethod
+    def execute(cls, model, strategy, skip_interval, warmup_steps, noise_scale, debug, residual_diff_threshold,
+                Fn_compute_blocks, Bn_compute_blocks, max_continuous_cached_steps, taylorseer, taylorseer_order,
+                start_percent, end_percent) -> io.NodeOutput:
+        patched = cachedit.enable_cache(
+            model, strategy=strategy, skip_interval=skip_interval, warmup_steps=warmup_steps, noise_scale=noise_scale,
+            debug=debug, start_percent=start_percent, end_percent=end_percent,
+            Fn_compute_blocks=Fn_compute_blocks, Bn_compute_blocks=Bn_compute_blocks,
+            residual_diff_threshold=residual_diff_threshold, max_continuous_cached_steps=max_continuous_cached_steps,
+            enable_taylorseer=bool(taylorseer), taylorseer_order=taylorseer_order if taylorseer else 0)
+        return io.NodeOutput(patched)
+
+
+class CacheDitCacheControl(io.ComfyNode):
+    """Switch the cache off without rewiring the workflow."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CacheDitCacheControl",
+            display_name="CacheDit Cache Control | CacheDit 缓存控制",
+            category=CATEGORY,
+            description="Turns CacheDit off (or leaves it on) for the model passing through, without rewiring. "
+                        "Off gives exactly the original model's output.",
+            inputs=[
+                io.Model.Input("model", tooltip="A model accelerated by CacheDit (any other model passes unchanged)."),
+                io.Boolean.Input("enabled", default=True,
+                                 tooltip="On: keep the cache. Off: sample exactly like the model without CacheDit."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with the cache on or off."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, enabled) -> io.NodeOutput:
+        return io.NodeOutput(model if enabled else cachedit.disable_cache(model))
