@@ -1,0 +1,184 @@
+"""The node pack inside real ComfyUI: the repo folder loads through ComfyUI's own custom node
+loader under any folder name, its locales are picked up by ComfyUI's translation loader, and
+the four nodes run the way ComfyUI's executor runs V3 nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NODE_IDS = ["CacheDitAccelerate", "CacheDitAdvancedConfig", "CacheDitCacheControl", "CacheDitDetailedStats"]
+
+
+def _custom_nodes_dir(tmp_path, name="ComfyUI-CacheDit_x.y"):
+    """tmp/custom_nodes/<name> -> the repository (a symlink, as a user's clone or copy would be)."""
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    os.symlink(REPO, custom_nodes / name)
+    return custom_nodes, str(custom_nodes / name)
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_harness, tmp_path_factory):
+    """The pack loaded by ComfyUI's nodes.load_custom_node (once per module)."""
+    import nodes
+
+    _, path = _custom_nodes_dir(tmp_path_factory.mktemp("comfy"))
+    assert asyncio.run(nodes.load_custom_node(path)) is True
+    module = sys.modules[path.replace(".", "_x_")]
+    yield module
+
+
+def _run(node_cls, **inputs):
+    """Execute a V3 node like ComfyUI's executor does (class clone, locked, EXECUTE_NORMALIZED)."""
+    from comfy_api.internal import make_locked_method_func
+
+    node_cls.VALIDATE_CLASS()
+    clone = node_cls.PREPARE_CLASS_CLONE({})
+    return make_locked_method_func(node_cls, "EXECUTE_NORMALIZED", clone)(**inputs)
+
+
+def _sample(h, model, arch="flux", steps=6, seed=0):
+    pos, neg = h.make_conditioning(arch)
+    return h.sample(model, steps=steps, cfg=2.0, sampler_name="euler", scheduler="simple", seed=seed,
+                    latent=h.empty_latent(arch), positive=pos, negative=neg)
+
+
+def test_pack_registers_nodes_in_comfyui(pack):
+    import nodes
+
+    for node_id in NODE_IDS:
+        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+        assert cls is pack.NODE_CLASS_MAPPINGS[node_id]
+        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.ComfyUI-CacheDit_x.y"
+        assert " | " in nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        info = cls.INPUT_TYPES()  # what the server's /object_info builds on
+        for name, spec in {**info["required"], **info.get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert os.path.realpath(nodes.__file__).endswith(os.path.join("ComfyUI", "nodes.py"))  # not our nodes/
+    assert nodes.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"].OUTPUT_NODE is True
+
+
+def test_pack_shares_the_cachedit_library(pack, comfy_harness):
+    import cachedit
+
+    assert pack.nodes.accelerate.cachedit is cachedit
+    model = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=comfy_harness.build_model("flux"))[0]
+    assert any(e.ref() is model for e in cachedit.get_manager().entries())
+
+
+def test_fresh_process_loads_pack_and_shares_one_manager(comfy_harness, tmp_path):
+    """A ComfyUI process where `cachedit` is not importable: the pack makes its bundled copy
+    importable, and `import cachedit` elsewhere in the process gets that same module and manager."""
+    _, path = _custom_nodes_dir(tmp_path, "cachedit-pack")
+    script = textwrap.dedent(f"""
+        import asyncio, importlib.util, os, sys
+        sys.path.insert(0, {comfy_harness.comfy_path()!r})
+        assert importlib.util.find_spec("cachedit") is None
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        import nodes
+        assert asyncio.run(nodes.load_custom_node({path!r}))
+        import cachedit
+        pack = sys.modules[{path.replace(".", "_x_")!r}]
+        assert os.path.realpath(cachedit.__file__).startswith(os.path.realpath({path!r}))
+        assert pack.nodes.accelerate.cachedit is cachedit
+        assert sys.modules["nodes"] is nodes and nodes.__file__.endswith("nodes.py")
+        print("OK", sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("CacheDit")))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"OK {sorted(NODE_IDS)}" in result.stdout
+
+
+def test_locales_are_loaded_by_comfyui(pack, tmp_path, monkeypatch):
+    import folder_paths
+
+    custom_nodes, _ = _custom_nodes_dir(tmp_path)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "custom_nodes", ([str(custom_nodes)], set()))
+    comfy_root = os.path.dirname(os.path.abspath(folder_paths.__file__))
+    saved = {k: v for k, v in sys.modules.items() if k == "utils" or k.startswith(("utils.", "app"))}
+    try:
+        # ComfyUI's top-level `utils` package (importing `nodes` put comfy/ first on sys.path)
+        spec = importlib.util.spec_from_file_location("utils", os.path.join(comfy_root, "utils", "__init__.py"),
+                                                      submodule_search_locations=[os.path.join(comfy_root, "utils")])
+        utils_pkg = importlib.util.module_from_spec(spec)
+        sys.modules["utils"] = utils_pkg
+        spec.loader.exec_module(utils_pkg)
+        from app.custom_node_manager import CustomNodeManager
+
+        translations = CustomNodeManager().build_translations()
+    finally:
+        for k in [k for k in sys.modules if k == "utils" or k.startswith(("utils.", "app"))]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+    for lang, name in (("en", "CacheDit Accelerate"), ("zh", "CacheDit 模型加速")):
+        defs = translations[lang]["nodeDefs"]
+        assert defs["CacheDitAccelerate"]["display_name"].startswith(name)
+        for node_id in NODE_IDS:
+            schema = pack.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
+            assert set(defs[node_id]["inputs"]) == {i.id for i in schema.inputs}
+            assert all(v["tooltip"] and v["name"] for v in defs[node_id]["inputs"].values())
+            assert set(defs[node_id]["outputs"]) == {str(i) for i in range(len(schema.outputs))}
+
+
+def test_english_locale_matches_schema(pack):
+    with open(os.path.join(REPO, "locales", "en", "main.json"), encoding="utf-8") as f:
+        en = json.load(f)["nodeDefs"]
+    for node_id in NODE_IDS:
+        schema = pack.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
+        assert en[node_id]["display_name"] == schema.display_name
+        for i in schema.inputs:
+            assert en[node_id]["inputs"][i.id]["tooltip"] == i.tooltip
+
+
+def test_nodes_run_like_comfyui_runs_them(pack, comfy_harness, tmp_path, monkeypatch):
+    import torch
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path))
+    h = comfy_harness
+    nodes_ = pack.NODE_CLASS_MAPPINGS
+    m = h.build_model("flux")
+    base = _sample(h, m)
+
+    accelerated = _run(nodes_["CacheDitAccelerate"], model=m)[0]
+    out = _sample(h, accelerated, steps=12)
+    assert torch.isfinite(out).all()
+
+    advanced = _run(nodes_["CacheDitAdvancedConfig"], model=m, strategy="fixed", skip_interval=2, warmup_steps=1,
+                    noise_scale=0.0, debug=False, residual_diff_threshold=0.24, Fn_compute_blocks=1,
+                    Bn_compute_blocks=0, max_continuous_cached_steps=3, taylorseer=False, taylorseer_order=1,
+                    start_percent=0.0, end_percent=1.0)[0]
+    latent = {"samples": _sample(h, advanced)}
+    assert nodes_["CacheDitAdvancedConfig"].validate_inputs(start_percent=0.8, end_percent=0.2) is not True
+
+    stats = _run(nodes_["CacheDitDetailedStats"], model=advanced, latent=latent)
+    latent_out, image_out, summary, chart = stats.args
+    assert latent_out is latent and image_out is None
+    assert "2/6 steps reused" in summary and "fixed" in summary, summary
+    assert chart.shape == (1, 432, 768, 3) and 0.0 <= float(chart.min()) and float(chart.max()) <= 1.0
+    assert stats.ui["text"] == (summary,) and stats.ui["images"]
+
+    off = _run(nodes_["CacheDitCacheControl"], model=advanced, enabled=False)[0]
+    assert torch.equal(_sample(h, off), base)
+    assert _run(nodes_["CacheDitCacheControl"], model=advanced, enabled=True)[0] is advanced
+
+    plain = _run(nodes_["CacheDitDetailedStats"], model=m, image=torch.zeros(1, 8, 8, 3))
+    assert "not enabled" in plain.args[2] and plain.args[1] is not None and plain.args[0] is None
+
+
+def test_stats_before_any_run(pack, comfy_harness):
+    accelerated = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=comfy_harness.build_model("sdxl"))[0]
+    text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=accelerated).args[2]
+    assert "No finished run yet" in text and "step level" in text
