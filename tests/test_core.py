@@ -464,3 +464,22 @@ def test_cache_memory_is_bounded(tiny_flux):
     # probe + per block list (2 here) a residual of each stream + its first-order Taylor difference
     # (the Taylor value term aliases the residual)
     assert engine.buffer_bytes() == hidden + 2 * (hidden + encoder) + 2 * (hidden + encoder)
+
+
+def test_taylorseer_extrapolates_polynomials_exactly():
+    from cachedit.manager.taylorseer import TaylorSeries
+
+    first = TaylorSeries(order=1)
+    for step in (2, 4):  # value = 3 * step, computed every other step
+        first.update(torch.full((2,), 3.0 * step), step)
+    assert torch.equal(first.predict(5), torch.full((2,), 15.0))
+    assert torch.equal(first.add_prediction(torch.ones(2), 7), torch.full((2,), 22.0))
+    second = TaylorSeries(order=2)
+    for step in (0, 1, 2):  # value = step**2: second differences recover it one step ahead
+        second.update(torch.tensor([float(step * step)]), step)
+    # TaylorSeer's expansion with backward differences: 4 + 3*1 + 2*1**2/2! = 8
+    assert second.predict(3).item() == pytest.approx(8.0)
+    shape_change = TaylorSeries(order=1)
+    shape_change.update(torch.zeros(2), 0)
+    shape_change.update(torch.ones(3), 1)
+    assert len(shape_change.terms) == 1  # no difference across a shape change

@@ -284,13 +284,16 @@ class CacheEngine:
             if value is None or delta is None or delta.shape != value.shape:
                 out[name] = value
                 continue
-            if order:
-                series = call.branch.taylor.get((seg, name))
+            series = call.branch.taylor.get((seg, name)) if order else None
+            if noise > 0.0:
                 if series is not None:
                     delta = series.predict(call.step)
-            if noise > 0.0:
                 delta = delta + torch.randn_like(delta) * (noise * delta.std())
-            out[name] = value + delta
+                out[name] = value + delta
+            elif series is not None:
+                out[name] = series.add_prediction(value, call.step)
+            else:
+                out[name] = value + delta
         return out
 
     # -- decisions --------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ class TaylorSeries:
         self.terms = new_terms
         self.last_step = step
 
+    def add_prediction(self, base: torch.Tensor, step: int) -> torch.Tensor:
+        """`base + predict(step)` in one fresh tensor (no intermediate copy of the prediction)."""
+        out = torch.add(base, self.terms[0])
+        if len(self.terms) > 1 and self.last_step is not None:
+            k = float(step - self.last_step)
+            for i in range(1, len(self.terms)):
+                out.add_(self.terms[i], alpha=(k ** i) / math.factorial(i))
+        return out
+
     def predict(self, step: int) -> torch.Tensor:
         """Extrapolate to `step` (returns the last value itself when there is nothing to extrapolate)."""
         if len(self.terms) == 1 or self.last_step is None:
