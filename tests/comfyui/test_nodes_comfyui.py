@@ -182,3 +182,39 @@ def test_stats_before_any_run(pack, comfy_harness):
     accelerated = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=comfy_harness.build_model("sdxl"))[0]
     text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=accelerated).args[2]
     assert "No finished run yet" in text and "step level" in text
+
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+@pytest.mark.parametrize("workflow", sorted(os.listdir(os.path.join(REPO, "example_workflows"))))
+def test_example_workflow_matches_node_definitions(pack, comfy_harness, workflow):
+    """Every node of the example workflow exists in ComfyUI (core + the built-in extras it needs + this
+    pack), every link joins matching types, and each node has one widget value per widget input."""
+    import nodes
+
+    for extra in ("nodes_flux.py", "nodes_sd3.py", "nodes_model_advanced.py", "nodes_hunyuan.py", "nodes_video.py"):
+        path = os.path.join(os.path.dirname(nodes.__file__), "comfy_extras", extra)
+        assert asyncio.run(nodes.load_custom_node(path, module_parent="comfy_extras"))
+    with open(os.path.join(REPO, "example_workflows", workflow), encoding="utf-8") as f:
+        wf = json.load(f)
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    for node in wf["nodes"]:
+        cls = nodes.NODE_CLASS_MAPPINGS.get(node["type"])
+        assert cls is not None, f"{workflow}: unknown node type {node['type']}"
+        spec = cls.INPUT_TYPES()
+        widgets = 0
+        for name, value in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+            kind = value[0]
+            options = value[1] if len(value) > 1 else {}
+            if (isinstance(kind, list) or str(kind) in WIDGET_TYPES) and not options.get("forceInput"):
+                widgets += 1 + bool(options.get("control_after_generate"))
+            elif name in spec.get("required", {}):
+                assert name in [i["name"] for i in node["inputs"]], (workflow, node["type"], name)
+        assert len(node["widgets_values"]) == widgets, (workflow, node["type"], node["widgets_values"], widgets)
+        outputs = [str(t) for t in cls.RETURN_TYPES]
+        assert [o["type"] for o in node["outputs"]] == outputs, (workflow, node["type"])
+    for link_id, src, src_slot, dst, dst_slot, type_ in wf["links"]:
+        assert by_id[src]["outputs"][src_slot]["type"] == type_ == by_id[dst]["inputs"][dst_slot]["type"], link_id
+    used = {n["type"] for n in wf["nodes"]}
+    assert "CacheDitAccelerate" in used and "CacheDitDetailedStats" in used
