@@ -107,12 +107,14 @@ class _Handle:
         self.layout = layout
         self.owner = owner  # the ModelPatcher registered with the manager
         self.schedule: Optional[List[float]] = None
+        self.from_outer_sample = False  # schedule set by our OUTER_SAMPLE wrapper (else from sample_sigmas)
         self._source: Any = None
         self._exact: Dict[float, int] = {}
         self._neg: List[float] = []
 
-    def set_schedule(self, sigmas: Any) -> None:
+    def set_schedule(self, sigmas: Any, from_outer_sample: bool = True) -> None:
         """Record a run's sigmas (one device->host copy per run)."""
+        self.from_outer_sample = from_outer_sample
         if not isinstance(sigmas, torch.Tensor) or sigmas.numel() < 2:
             self.clear_schedule()
             return
@@ -125,6 +127,7 @@ class _Handle:
         self._neg = [-v for v in values]
 
     def clear_schedule(self) -> None:
+        self.from_outer_sample = False
         self.schedule = None
         self._source = None
         self._exact = {}
@@ -135,11 +138,12 @@ class _Handle:
         the step in progress for a sigma between two schedule entries (dpm_2, dpmpp_2s...)."""
         if sigma is None:
             return None, None
-        if self.schedule is None or self._source is None:
+        if not self.from_outer_sample:
+            # sampled without our OUTER_SAMPLE wrapper running (a custom sampling loop): use the
+            # schedule ComfyUI puts in transformer_options, re-read whenever it is another tensor
             sample_sigmas = transformer_options.get("sample_sigmas")
-            if sample_sigmas is None:
-                return None, None
-            self.set_schedule(sample_sigmas)
+            if sample_sigmas is not self._source:
+                self.set_schedule(sample_sigmas, from_outer_sample=False)
             if self.schedule is None:
                 return None, None
         n = len(self.schedule)

@@ -365,6 +365,23 @@ def test_runs_start_clean(comfy_harness):
     assert cachedit.summary(c, logging=False)[0].runs == 4
 
 
+def test_steps_from_sample_sigmas_without_outer_sample(comfy_harness):
+    """A sampling path that skips OUTER_SAMPLE wrappers still gets step indices (from
+    transformer_options["sample_sigmas"]), and a new schedule starts a new run."""
+    import torch
+    from comfy.patcher_extension import WrappersMP
+
+    h = comfy_harness
+    m = h.build_model("flux")
+    c = _enable(m, **FIXED)
+    c.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, "cachedit")
+    first = _sample(h, c, "flux", steps=6)
+    second = _sample(h, c, "flux", steps=6)
+    assert torch.equal(first, second) and torch.equal(first, _sample(h, _enable(m, **FIXED), "flux", steps=6))
+    engine = _engine(c)
+    assert engine.tracker.run.index == 1 and _reused_steps(engine.tracker.run.record) == FIXED_REUSED
+
+
 def test_cancelled_run_leaves_nothing_behind(comfy_harness):
     import torch
 
