@@ -109,8 +109,9 @@ class _Handle:
         self.schedule: Optional[List[float]] = None
         self.from_outer_sample = False  # schedule set by our OUTER_SAMPLE wrapper (else from sample_sigmas)
         self._source: Any = None
-        self._exact: Dict[float, int] = {}
+        self._exact: Dict[float, List[int]] = {}
         self._neg: List[float] = []
+        self._last = 0
 
     def set_schedule(self, sigmas: Any, from_outer_sample: bool = True) -> None:
         """Record a run's sigmas (one device->host copy per run)."""
@@ -122,9 +123,10 @@ class _Handle:
         self.schedule = values
         self._source = sigmas
         self._exact = {}
-        for i in range(len(values) - 1, -1, -1):
-            self._exact[values[i]] = i  # first occurrence wins
+        for i, v in enumerate(values):
+            self._exact.setdefault(v, []).append(i)
         self._neg = [-v for v in values]
+        self._last = 0
 
     def clear_schedule(self) -> None:
         self.from_outer_sample = False
@@ -132,6 +134,7 @@ class _Handle:
         self._source = None
         self._exact = {}
         self._neg = []
+        self._last = 0
 
     def step_of(self, sigma: Optional[float], transformer_options: dict) -> Tuple[Optional[int], Optional[int]]:
         """(step index, total steps) of a call at `sigma`: the schedule index of that sigma, or of
@@ -147,10 +150,15 @@ class _Handle:
             if self.schedule is None:
                 return None, None
         n = len(self.schedule)
-        index = self._exact.get(sigma)
-        if index is None:
+        exact = self._exact.get(sigma)
+        if exact is not None:
+            # a sigma listed twice: the occurrence at or after the step in progress
+            index = next((i for i in exact if i >= self._last), exact[0])
+        else:
             index = bisect.bisect_right(self._neg, -sigma) - 1
-        return max(0, min(index, n - 2)), n - 1
+        index = max(0, min(index, n - 2))
+        self._last = index
+        return index, n - 1
 
 
 def _handle_of(patcher: Any) -> Optional[_Handle]:
