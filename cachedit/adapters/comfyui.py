@@ -12,7 +12,7 @@ module, which every clone of a loaded checkpoint shares. Only official extension
   buffers) and, for models without hookable blocks, reuses whole steps;
 * block hooks, only on the blocks the engine gives a role: `patches_replace["dit"]` replace
   patches where the model honours them (Flux, Chroma, HunyuanVideo, Wan, Qwen-Image, LTXV,
-  SD3), and object patches of a block's `forward` attribute where it does not (Lumina2 /
+  SD3, AuraFlow), and object patches of a block's `forward` attribute where it does not (Lumina2 /
   Z-Image `layers`, HiDream). Object patches keep state_dict keys unchanged (LoRA weight
   patches still apply) and ComfyUI restores the attribute when the model is unpatched.
 
@@ -42,26 +42,38 @@ logger = logging.getLogger("cachedit")
 KEY = "cachedit"  # wrapper key and attachment name on the ModelPatcher
 
 _DOUBLE_SINGLE = (("double_blocks", "double_block"), ("single_blocks", "single_block"))
+_FLUX = ("comfy.ldm.flux.model", "Flux")
+_CHROMA = ("comfy.ldm.chroma.model", "Chroma")
+_HUNYUAN_VIDEO = ("comfy.ldm.hunyuan_video.model", "HunyuanVideo")
+_WAN = ("comfy.ldm.wan.model", "WanModel")
+_QWEN_IMAGE = ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel")
+_LTXV = ("comfy.ldm.lightricks.model", "LTXVModel")
+_SD3 = ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT")
+_AURA_FLOW = ("comfy.ldm.aura.mmdit", "MMDiT")
+_LUMINA2 = ("comfy.ldm.lumina.model", "NextDiT")
+_HIDREAM = ("comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel")
 
 # Models whose forward honours transformer_options["patches_replace"]["dit"][(kind, i)]:
 # (module, class) of the diffusion model (or a base class) -> ((block list attribute, replace kind), ...).
 REPLACE_LAYOUTS: Dict[Tuple[str, str], Tuple[Tuple[str, str], ...]] = {
-    ("comfy.ldm.flux.model", "Flux"): _DOUBLE_SINGLE,
-    ("comfy.ldm.chroma.model", "Chroma"): _DOUBLE_SINGLE,
-    ("comfy.ldm.hunyuan_video.model", "HunyuanVideo"): _DOUBLE_SINGLE,
-    ("comfy.ldm.wan.model", "WanModel"): (("blocks", "double_block"),),
-    ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel"): (("transformer_blocks", "double_block"),),
-    ("comfy.ldm.lightricks.model", "LTXVModel"): (("transformer_blocks", "double_block"),),
-    ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT"): (("joint_blocks", "double_block"),),
+    _FLUX: _DOUBLE_SINGLE,
+    _CHROMA: _DOUBLE_SINGLE,
+    _HUNYUAN_VIDEO: _DOUBLE_SINGLE,
+    _WAN: (("blocks", "double_block"),),
+    _QWEN_IMAGE: (("transformer_blocks", "double_block"),),
+    _LTXV: (("transformer_blocks", "double_block"),),
+    _SD3: (("joint_blocks", "double_block"),),
+    _AURA_FLOW: (("double_layers", "double_block"), ("single_layers", "single_block")),
 }
 # Models without block replace patches: their blocks' `forward` attributes are object-patched.
 OBJECT_LAYOUTS: Dict[Tuple[str, str], Tuple[str, ...]] = {
-    ("comfy.ldm.lumina.model", "NextDiT"): ("layers",),  # Lumina2, Z-Image (never the refiners)
-    ("comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel"): ("double_stream_blocks", "single_stream_blocks"),
+    _LUMINA2: ("layers",),  # Lumina2, Z-Image (never the refiners)
+    _HIDREAM: ("double_stream_blocks", "single_stream_blocks"),
 }
-# Blocks known NOT to write into their inputs (ComfyUI samples under inference_mode, where the
-# engine cannot see in-place writes, so every other model gets its block inputs copied).
-NO_INPLACE = {"WanModel", "QwenImageTransformer2DModel", "MMDiT", "NextDiT", "HiDreamImageTransformer2DModel"}
+# Blocks checked NOT to write into their inputs (tests/comfyui/test_harness.py for the replace
+# archs). ComfyUI samples under inference_mode, where the engine cannot see in-place writes, so
+# every other model gets the block inputs it keeps copied.
+NO_INPLACE = {_WAN, _QWEN_IMAGE, _SD3, _AURA_FLOW, _LUMINA2, _HIDREAM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +90,7 @@ def layout_of(diffusion_model: Any) -> Layout:
     """The hook layout for a ComfyUI diffusion model (step level when nothing is known)."""
     for cls in type(diffusion_model).__mro__:
         ident = (cls.__module__, cls.__name__)
-        clone = cls.__name__ not in NO_INPLACE
+        clone = ident not in NO_INPLACE
         if ident in REPLACE_LAYOUTS:
             lists = REPLACE_LAYOUTS[ident]
             if _lists_ok(diffusion_model, [a for a, _ in lists]):

@@ -17,7 +17,13 @@ import pytest
 
 from .harness import ARCHS
 
-ARCH_NAMES = list(ARCHS)
+# AuraFlow is not in the harness: built here the same way (tiny, seeded, fp32, CPU).
+EXTRA_ARCHS = {
+    "auraflow": dict(config_cls="AuraFlow", latent_shape=(1, 4, 16, 16), txt_dim=64,
+                     unet_config=dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=4,
+                                      n_double_layers=2, n_heads=2, global_conddim=64, cond_seq_dim=64, max_seq=64)),
+}
+ARCH_NAMES = list(ARCHS) + list(EXTRA_ARCHS)
 NEVER = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1e-9, max_warmup_steps=0)
 FIXED = dict(strategy="fixed", skip_interval=2, warmup_steps=1)
 FIXED_REUSED = {2, 4}  # of 6 steps
@@ -27,13 +33,48 @@ ALWAYS = dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=
 
 # -- helpers --------------------------------------------------------------------------------------
 
+def _build(h, arch, seed=0):
+    if arch not in EXTRA_ARCHS:
+        return h.build_model(arch, seed=seed)
+    import torch
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    spec = EXTRA_ARCHS[arch]
+    config = getattr(comfy.supported_models, spec["config_cls"])(dict(spec["unet_config"]))
+    config.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    model = config.get_model({}, "", device=cpu)
+    h._init_weights_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def _cond(h, arch, seed=1234):
+    if arch not in EXTRA_ARCHS:
+        return h.make_conditioning(arch, seed=seed)
+    import torch
+
+    def one(s):
+        return [[torch.randn(1, 8, EXTRA_ARCHS[arch]["txt_dim"], generator=torch.Generator().manual_seed(s)),
+                 {"pooled_output": None}]]
+    return one(seed), one(seed + 1)
+
+
+def _latent(h, arch):
+    if arch not in EXTRA_ARCHS:
+        return h.empty_latent(arch)
+    import torch
+
+    return {"samples": torch.zeros(EXTRA_ARCHS[arch]["latent_shape"])}
+
+
 def _sample(h, model, arch, *, steps=4, cfg=2.0, sampler="euler", seed=0, latent=None, pos=None, neg=None,
             denoise=1.0):
     """KSampler-node sampling (nodes.common_ksampler under inference_mode)."""
     if pos is None:
-        pos, neg = h.make_conditioning(arch)
+        pos, neg = _cond(h, arch)
     if latent is None:
-        latent = h.empty_latent(arch)
+        latent = _latent(h, arch)
     return h.sample(model, steps=steps, cfg=cfg, sampler_name=sampler, scheduler="simple", seed=seed,
                     latent=latent, positive=pos, negative=neg, denoise=denoise)
 
@@ -44,7 +85,7 @@ def _sample_noise(h, model, arch, noise, *, steps=6, cfg=2.0, sampler="euler", p
     import comfy.sample
 
     if pos is None:
-        pos, neg = h.make_conditioning(arch)
+        pos, neg = _cond(h, arch)
     with torch.inference_mode():
         latent = torch.zeros_like(noise)
         return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, latent,
@@ -155,7 +196,7 @@ def test_never_reuse_is_bit_identical(comfy_harness, arch):
     import torch
 
     h = comfy_harness
-    m = h.build_model(arch)
+    m = _build(h, arch)
     base = _sample(h, m, arch, seed=3)
     c = _enable(m, **NEVER)
     engine = _engine(c)
@@ -177,7 +218,7 @@ def test_fixed_schedule_computes_expected_blocks(comfy_harness, arch):
     import torch
 
     h = comfy_harness
-    m = h.build_model(arch)
+    m = _build(h, arch)
     base = _sample(h, m, arch, steps=6, seed=1)
     c = _enable(m, **FIXED)
     with BlockCounter(m) as counter:
@@ -195,11 +236,41 @@ def test_fixed_schedule_computes_expected_blocks(comfy_harness, arch):
     assert not torch.equal(out, base)
 
 
+@pytest.mark.parametrize("arch", [a for a in ARCH_NAMES if a != "sdxl"])
+def test_inplace_table_matches_blocks(comfy_harness, arch):
+    """The adapter copies block inputs only for models whose blocks write into them (the engine
+    cannot see in-place writes under inference_mode): check the table against the blocks."""
+    import torch
+    from cachedit.adapters import comfyui
+
+    h = comfy_harness
+    m = _build(h, arch)
+    mutated = []
+    handles = []
+    for attr, i, block in _blocks(m):
+        def pre(module, args, kwargs):
+            module._snap = [(k, v.clone()) for k, v in list(enumerate(args)) + list(kwargs.items()) if torch.is_tensor(v)]
+            module._live = dict(list(enumerate(args)) + list(kwargs.items()))
+
+        def post(module, args, kwargs, out, key=(attr, i)):
+            if any(not torch.equal(v, module._live[k]) for k, v in module._snap):
+                mutated.append(key)
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_hook(post, with_kwargs=True))
+    try:
+        _sample(h, m, arch, steps=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert bool(mutated) == comfyui.layout_of(m.model.diffusion_model).clone_inputs, mutated
+
+
 def test_fn_bn_roles(comfy_harness):
     """Fn=2/Bn=1 on Flux (2 double + 2 single blocks): blocks 0, 1 and 3 always run, block 2 is the only
     middle block."""
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     c = _enable(m, strategy="fixed", skip_interval=2, warmup_steps=1, Fn_compute_blocks=2, Bn_compute_blocks=1)
     with BlockCounter(m) as counter:
         _sample(h, c, "flux", steps=6)
@@ -211,7 +282,7 @@ def test_concat_channel_model(comfy_harness):
     import torch
 
     h = comfy_harness
-    m = h.build_model("wan21_i2v")
+    m = _build(h, "wan21_i2v")
     dm = m.model.diffusion_model
     assert dm.patch_embedding.in_channels == 36 and dm.out_dim == 16
     base = _sample(h, m, "wan21_i2v", steps=6)
@@ -243,7 +314,7 @@ def test_cfg_branches_batched_or_separate(comfy_harness, arch):
     import torch
 
     h = comfy_harness
-    m = h.build_model(arch)
+    m = _build(h, arch)
     separate = m.clone()
     separate.set_model_sampler_calc_cond_batch_function(_separate_cond_calls)
     base_b = _sample(h, m, arch, steps=6)
@@ -269,8 +340,8 @@ def test_batch_size_two(comfy_harness, arch):
     import torch
 
     h = comfy_harness
-    m = h.build_model(arch)
-    shape = h.model_input_shape(m, h.empty_latent(arch))
+    m = _build(h, arch)
+    shape = h.model_input_shape(m, _latent(h, arch))
     noise = torch.randn((2,) + tuple(shape[1:]), generator=torch.Generator().manual_seed(5))
     base2 = _sample_noise(h, m, arch, noise)
     assert torch.equal(_sample_noise(h, _enable(m, **NEVER), arch, noise), base2)
@@ -290,7 +361,7 @@ def test_two_evaluations_per_step(comfy_harness, sampler):
     import torch
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     base = _sample(h, m, "flux", steps=5, sampler=sampler)
     assert torch.equal(_sample(h, _enable(m, **NEVER), "flux", steps=5, sampler=sampler), base)
     c = _enable(m, **ALWAYS)
@@ -312,7 +383,7 @@ def test_skip_layer_guidance_extra_pass(comfy_harness, cache_first):
     from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
 
     def slg(model):
         return SkipLayerGuidanceDiT.execute(model=model, scale=3.0, start_percent=0.0, end_percent=1.0,
@@ -339,7 +410,7 @@ def test_runs_start_clean(comfy_harness):
 
     h = comfy_harness
     arch = "flux"
-    m = h.build_model(arch)
+    m = _build(h, arch)
     c = _enable(m, **FIXED)
 
     def fresh(**kw):  # the same settings on a brand-new engine
@@ -356,7 +427,7 @@ def test_runs_start_clean(comfy_harness):
     assert torch.equal(second, fresh(latent=up, denoise=0.6))
 
     # a different prompt
-    pos, neg = h.make_conditioning(arch, seed=99)
+    pos, neg = _cond(h, arch, seed=99)
     assert torch.equal(_sample(h, c, arch, steps=6, pos=pos, neg=neg), fresh(pos=pos, neg=neg))
 
     engine = _engine(c)
@@ -372,7 +443,7 @@ def test_steps_from_sample_sigmas_without_outer_sample(comfy_harness):
     from comfy.patcher_extension import WrappersMP
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     c = _enable(m, **FIXED)
     c.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, "cachedit")
     first = _sample(h, c, "flux", steps=6)
@@ -387,8 +458,8 @@ def test_cancelled_run_leaves_nothing_behind(comfy_harness):
 
     h = comfy_harness
     arch = "flux"
-    m = h.build_model(arch)
-    shape = h.model_input_shape(m, h.empty_latent(arch))
+    m = _build(h, arch)
+    shape = h.model_input_shape(m, _latent(h, arch))
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(2))
 
     class Cancelled(Exception):
@@ -434,14 +505,14 @@ def test_two_models_keep_separate_state(comfy_harness):
     import cachedit
 
     h = comfy_harness
-    a = _enable(h.build_model("flux", seed=0), **FIXED, name="A")
-    b = _enable(h.build_model("wan21_t2v", seed=1), **FIXED, name="B")
+    a = _enable(_build(h, "flux", seed=0), **FIXED, name="A")
+    b = _enable(_build(h, "wan21_t2v", seed=1), **FIXED, name="B")
     assert _engine(a) is not _engine(b)
     a1 = _sample(h, a, "flux", steps=6)
     b1 = _sample(h, b, "wan21_t2v", steps=6)
     a2 = _sample(h, a, "flux", steps=6)
     assert torch.equal(a1, a2)
-    assert torch.equal(b1, _sample(h, _enable(h.build_model("wan21_t2v", seed=1), **FIXED), "wan21_t2v", steps=6))
+    assert torch.equal(b1, _sample(h, _enable(_build(h, "wan21_t2v", seed=1), **FIXED), "wan21_t2v", steps=6))
     sa, sb = cachedit.summary(a, logging=False)[0], cachedit.summary(b, logging=False)[0]
     assert (sa.name, sa.runs, sa.cache_hits) == ("A", 2, 4)
     assert (sb.name, sb.runs, sb.cache_hits) == ("B", 1, 2)
@@ -469,7 +540,7 @@ def test_lora_weight_patches_still_apply(comfy_harness, arch):
     import torch
 
     h = comfy_harness
-    m = h.build_model(arch)
+    m = _build(h, arch)
     key = _weight_key(m, arch)
     weight = m.model.state_dict()[key]
     delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.2 * weight.std()
@@ -497,7 +568,7 @@ def test_disable_is_bit_identical(comfy_harness, arch):
     import cachedit
 
     h = comfy_harness
-    m = h.build_model(arch)
+    m = _build(h, arch)
     base = _sample(h, m, arch, steps=6)
     c = _enable(m, **FIXED)
     cached = _sample(h, c, arch, steps=6)
@@ -514,7 +585,7 @@ def test_other_nodes_patches_are_chained_and_restored(comfy_harness):
     import cachedit
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     calls = {"n": 0}
 
     def foreign(args, extra):  # e.g. a PuLID-style node's block patch
@@ -541,7 +612,7 @@ def test_enable_twice_replaces(comfy_harness):
     import torch
 
     h = comfy_harness
-    m = h.build_model("lumina2")
+    m = _build(h, "lumina2")
     once = _enable(m, **FIXED)
     twice = _enable(_enable(m, **NEVER), **FIXED)
     for p in list(twice.object_patches.values()):
@@ -553,7 +624,7 @@ def test_refresh_context_rehooks(comfy_harness):
     import cachedit
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     c = _enable(m, **FIXED)
     cachedit.refresh_context(c, Fn_compute_blocks=2, Bn_compute_blocks=1)
     with BlockCounter(m) as counter:
@@ -565,7 +636,7 @@ def test_run_log_lines(comfy_harness, caplog):
     import logging
 
     h = comfy_harness
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     with caplog.at_level(logging.DEBUG, logger="cachedit"):
         _sample(h, _enable(m, **FIXED, name="fluxA"), "flux", steps=6)
         runs = [r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage()]
@@ -594,7 +665,7 @@ def test_torch_compile_keeps_decisions_out_of_graphs(comfy_harness, arch):
         return gm.forward
 
     torch._dynamo.reset()
-    m = h.build_model(arch)
+    m = _build(h, arch)
     reference = _sample(h, _enable(m, **FIXED), arch, steps=6)
     cache_then_compile = _enable(m, **FIXED).clone()
     set_torch_compile_wrapper(cache_then_compile, backend=backend)
@@ -622,7 +693,7 @@ def test_torch_compile_node_inductor(comfy_harness):
 
     h = comfy_harness
     torch._dynamo.reset()
-    m = h.build_model("flux")
+    m = _build(h, "flux")
     reference = _sample(h, _enable(m, **FIXED), "flux", steps=6)
     compiled = TorchCompileModel.execute(model=_enable(m, **FIXED), backend="inductor")[0]
     try:
