@@ -277,6 +277,18 @@ def test_fn_bn_roles(comfy_harness):
     assert counter.counts == [6, 6, 4, 6]
 
 
+@pytest.mark.parametrize("arch", ["flux", "lumina2"])
+def test_fn_zero_decides_at_the_first_block(comfy_harness, arch):
+    """Fn=0: the decision is taken at block 0's input, so on a reused step no block runs at all."""
+    h = comfy_harness
+    m = _build(h, arch)
+    c = _enable(m, strategy="fixed", skip_interval=2, warmup_steps=1, Fn_compute_blocks=0, Bn_compute_blocks=0)
+    with BlockCounter(m) as counter:
+        _sample(h, c, arch, steps=6)
+    assert _reused_steps(_record(c)) == FIXED_REUSED
+    assert counter.counts == [6 - len(FIXED_REUSED)] * len(counter.counts)
+
+
 def test_concat_channel_model(comfy_harness):
     """Wan i2v: 36 input channels (noise + mask + image), 16 output channels, CLIP-vision tokens."""
     import torch

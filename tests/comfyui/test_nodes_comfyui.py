@@ -218,3 +218,27 @@ def test_example_workflow_matches_node_definitions(pack, comfy_harness, workflow
         assert by_id[src]["outputs"][src_slot]["type"] == type_ == by_id[dst]["inputs"][dst_slot]["type"], link_id
     used = {n["type"] for n in wf["nodes"]}
     assert "CacheDitAccelerate" in used and "CacheDitDetailedStats" in used
+
+
+@pytest.mark.parametrize("strategy", ["adaptive", "dynamic"])
+def test_advanced_config_every_knob(pack, comfy_harness, strategy):
+    import torch
+    import cachedit
+
+    h = comfy_harness
+    m = h.build_model("wan21_t2v")
+    model = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAdvancedConfig"], model=m, strategy=strategy, skip_interval=3,
+                 warmup_steps=2, noise_scale=0.01, debug=True, residual_diff_threshold=0.9, Fn_compute_blocks=1,
+                 Bn_compute_blocks=0, max_continuous_cached_steps=2, taylorseer=True, taylorseer_order=2,
+                 start_percent=0.1, end_percent=0.9)[0]
+    out = _sample(h, model, "wan21_t2v", steps=10)
+    assert torch.isfinite(out).all()
+    engine = cachedit.adapters.comfyui.engine_of(model)
+    options = engine.options
+    assert (options.strategy, options.skip_interval, options.noise_scale, options.taylorseer_order) == (strategy, 3, 0.01, 2)
+    assert (options.start_percent, options.end_percent, options.debug) == (0.1, 0.9, True)
+    config = options.cache_config
+    assert (config.max_warmup_steps, config.residual_diff_threshold, config.max_continuous_cached_steps) == (2, 0.9, 2)
+    record = cachedit.get_manager().stats.last_record(engine.key)
+    reused = sorted(s.step for s in record.steps if s.reused)
+    assert reused and all(1 <= s <= 8 for s in reused), reused  # inside the 10%..90% window, after warmup
