@@ -90,8 +90,8 @@ class LabelEmbedder(nn.Module):
         self,
         num_embeddings: int = NUM_CLASSES + 1,
         num_tokens: int = 4,
-        joint_attention_dim: int = 192,
-        pooled_projection_dim: int = 192,
+        joint_attention_dim: int = 160,
+        pooled_projection_dim: int = 160,
     ):
         super().__init__()
         self.num_embeddings = num_embeddings
