@@ -532,6 +532,26 @@ def test_two_models_keep_separate_state(comfy_harness):
     assert {v["name"] for v in models.values()} >= {"A", "B"}
 
 
+@pytest.mark.parametrize("arch", ["lumina2", "flux"])
+def test_two_accelerated_clones_of_one_model(comfy_harness, arch):
+    """Two CacheDit nodes on one loader (they share the diffusion model; Lumina2's hooks are object
+    patches on its shared blocks, which ComfyUI swaps when it loads the other clone)."""
+    import torch
+    import cachedit
+
+    h = comfy_harness
+    m = _build(h, arch)
+    fixed = _enable(m, **FIXED, name="fixed")
+    never = _enable(m, **NEVER, name="never")
+    base = _sample(h, m, arch, steps=6)
+    alone = _sample(h, _enable(m, **FIXED), arch, steps=6)
+    results = [_sample(h, model, arch, steps=6) for model in (fixed, never, fixed, m, never)]
+    assert torch.equal(results[0], alone) and torch.equal(results[2], alone)
+    assert torch.equal(results[1], base) and torch.equal(results[3], base) and torch.equal(results[4], base)
+    assert cachedit.summary(fixed, logging=False)[0].cache_hits == 2 * len(FIXED_REUSED)
+    assert cachedit.summary(never, logging=False)[0].cache_hits == 0
+
+
 def _weight_key(model, arch):
     """A 2-D+ weight of a middle block (or of the UNet for step-level models)."""
     import torch
