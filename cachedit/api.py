@@ -104,8 +104,10 @@ def enable_cache(
 
 
 def disable_cache(obj: Any) -> Any:
-    """Remove CacheDit from `obj` (pipeline, module or ModelPatcher): the original forward runs again,
-    bit-identical to never having enabled it. Returns `obj`; a no-op for objects never accelerated."""
+    """Remove CacheDit from `obj`: the original forward runs again, bit-identical to never having
+    enabled it. Pipelines and modules are restored in place and returned (a no-op for objects never
+    accelerated); for a ComfyUI ModelPatcher a clean clone is returned (ComfyUI nodes never modify
+    their input), so use the return value."""
     if _is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415
 

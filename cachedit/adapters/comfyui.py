@@ -99,7 +99,34 @@ def layout_of(diffusion_model: Any) -> Layout:
             attrs = OBJECT_LAYOUTS[ident]
             if _lists_ok(diffusion_model, attrs):
                 return Layout("object", tuple((a, None) for a in attrs), clone, cls.__name__)
+    generic = _generic_lists(diffusion_model)
+    if generic:
+        # An unknown DiT (a new model ComfyUI added after this table): block lists found the way the
+        # library finds them, hooked by object patches; inputs are copied since nothing is known.
+        return Layout("object", tuple((a, None) for a in generic), True, f"generic {type(diffusion_model).__name__}")
     return Layout("step", (), False, type(diffusion_model).__name__)
+
+
+def _generic_lists(dm: Any) -> Tuple[str, ...]:
+    """Block lists of an unknown model whose blocks take a recognisable hidden-state argument."""
+    import inspect
+
+    from ..manager.blocks import HIDDEN_NAMES, find_block_lists
+
+    try:
+        lists = find_block_lists(dm)
+    except Exception:  # detection must never break loading a model
+        return ()
+    names = []
+    for name, blocks in lists:
+        try:
+            params = list(inspect.signature(type(blocks[0]).forward).parameters)[1:]
+        except (TypeError, ValueError):
+            return ()
+        if not params or params[0] not in HIDDEN_NAMES:
+            return ()
+        names.append(name)
+    return tuple(names)
 
 
 def _lists_ok(dm: Any, attrs) -> bool:

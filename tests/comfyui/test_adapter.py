@@ -735,3 +735,28 @@ def test_torch_compile_node_inductor(comfy_harness):
     assert _close(out, reference, 1e-3)
     assert _reused_steps(_record(compiled)) == FIXED_REUSED
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("arch", ["flux", "wan21_t2v", "lumina2", "qwen_image", "hidream"])
+def test_unknown_dit_gets_generic_block_hooks(comfy_harness, arch, monkeypatch):
+    """A DiT missing from the adapter's tables (a model newer than CacheDit) is still cached at block
+    level: its block lists are found like the library finds them and hooked by object patches."""
+    import torch
+    from cachedit.adapters import comfyui
+
+    monkeypatch.setattr(comfyui, "REPLACE_LAYOUTS", {})
+    monkeypatch.setattr(comfyui, "OBJECT_LAYOUTS", {})
+    h = comfy_harness
+    m = _build(h, arch)
+    layout = comfyui.layout_of(m.model.diffusion_model)
+    assert layout.mode == "object" and layout.matched.startswith("generic") and layout.clone_inputs
+    base = _sample(h, m, arch, steps=6, seed=1)
+    never = _enable(m, **NEVER)
+    assert torch.equal(_sample(h, never, arch, steps=6, seed=1), base)
+    fixed = _enable(m, **FIXED)
+    with BlockCounter(m) as counter:
+        out = _sample(h, fixed, arch, steps=6, seed=1)
+    assert _reused_steps(_record(fixed)) == FIXED_REUSED
+    computed = 6 - len(FIXED_REUSED)
+    assert counter.counts == [6] + [computed] * (len(counter.counts) - 1), counter.counts
+    assert torch.isfinite(out).all() and not torch.equal(out, base)
