@@ -1,0 +1,347 @@
+"""Shared pieces of the benchmarks: machine info, the Euler sampler, compute/memory counters, timing.
+
+Everything here is framework plumbing for measuring; nothing in it changes what a cache does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine
+# ----------------------------------------------------------------------------------------------
+def machine_info(threads: Optional[int] = None) -> Dict[str, str]:
+    """CPU model, cores, torch/diffusers/cache-dit versions and the date, for every results file."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+    }
+    if threads is not None:
+        info["torch threads"] = str(threads)
+    for pkg in ("diffusers", "cache_dit"):
+        try:
+            mod = __import__(pkg)
+            info[pkg.replace("_", "-")] = getattr(mod, "__version__", "?")
+        except Exception:  # noqa: BLE001 - optional
+            info[pkg.replace("_", "-")] = "not installed"
+    try:
+        with open("/proc/loadavg") as f:
+            info["load avg at start"] = " ".join(f.read().split()[:3])
+    except OSError:
+        pass
+    return info
+
+
+def machine_block(info: Dict[str, str]) -> str:
+    return "\n".join(f"- {k}: {v}" for k, v in info.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    """Everything a flow-matching Euler run needs (batched CFG when `guidance` is set)."""
+
+    latents: torch.Tensor  # [B, N, C] packed noise
+    ehs: torch.Tensor  # encoder hidden states of the model call ([2B, ...] with CFG: uncond first)
+    pooled: torch.Tensor
+    img_ids: torch.Tensor
+    txt_ids: torch.Tensor
+    sigmas: torch.Tensor  # steps + 1 values, 1 -> 0
+    guidance: Optional[float] = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def call_batch(self) -> int:
+        return self.latents.shape[0] * (2 if self.guidance is not None else 1)
+
+
+@dataclass
+class SampleHooks:
+    """Optional per-run plumbing the caches need: diffusers' cache_context, a timestep holder
+    (PyramidAttentionBroadcast / FasterCache read it), and an after-step callback."""
+
+    diffusers_context: bool = False
+    after_step: Optional[Callable[[int], None]] = None
+    current_timestep: List[float] = field(default_factory=lambda: [1000.0])
+
+
+def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = None) -> torch.Tensor:
+    """The Euler loop of `cachedit.bundled.digits.generate` (batched CFG, uncond half first),
+    generalised to any inputs; returns the final packed latents. Bit-identical to `generate`."""
+    x = inp.latents
+    device, dtype = x.device, x.dtype
+    n = inp.steps
+    with torch.no_grad():
+        for i in range(n):
+            s, s_next = float(inp.sigmas[i]), float(inp.sigmas[i + 1])
+            dt = s_next - s
+            h = torch.cat([x, x], dim=0) if inp.guidance is not None else x
+            timestep = torch.tensor(s, device=device, dtype=dtype).expand(h.shape[0])
+            ctx: Any = contextlib.nullcontext()
+            if hooks is not None:
+                hooks.current_timestep[0] = s * 1000.0
+                if hooks.diffusers_context:
+                    ctx = transformer.cache_context("cond", step_index=i, num_inference_steps=n, timestep=s * 1000.0,
+                                                    sigma=s)
+            with ctx:
+                out = transformer(hidden_states=h, encoder_hidden_states=inp.ehs, pooled_projections=inp.pooled,
+                                  timestep=timestep, img_ids=inp.img_ids, txt_ids=inp.txt_ids, return_dict=False)[0]
+            if inp.guidance is not None:
+                v_unc, v_cond = out.chunk(2)
+                v = v_unc + inp.guidance * (v_cond - v_unc)
+            else:
+                v = out
+            x = x + dt * v
+            if hooks is not None and hooks.after_step is not None:
+                hooks.after_step(i)
+    return x
+
+
+def bundled_inputs(model, labels: Sequence[int], steps: int, guidance: float = 3.0, seed: int = 0) -> Inputs:
+    """The inputs `digits.generate(model, labels, steps, guidance, seed, cfg_mode="batched")` uses."""
+    from cachedit.bundled import digits as D
+
+    transformer = model.transformer
+    p = next(transformer.parameters())
+    device, dtype = p.device, p.dtype
+    labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    b = labels_t.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((b, 1, D.IMAGE_SIZE, D.IMAGE_SIZE), generator=gen, dtype=torch.float32)
+    latents = D.pack_images(noise).to(device=device, dtype=dtype)
+    num_txt = getattr(model.label_embedder, "num_tokens", 4)
+    with torch.no_grad():
+        cond_ehs, cond_pooled = model.condition(labels_t.to(device))
+        unc_ehs, unc_pooled = model.condition(torch.full((b,), D.NULL_LABEL, dtype=torch.long, device=device))
+    return Inputs(latents=latents, ehs=torch.cat([unc_ehs, cond_ehs], 0), pooled=torch.cat([unc_pooled, cond_pooled], 0),
+                  img_ids=D.prepare_img_ids(device=device, dtype=dtype), txt_ids=D.prepare_txt_ids(num_txt, device=device, dtype=dtype),
+                  sigmas=D.sigmas_schedule(steps), guidance=guidance)
+
+
+def bundled_images(latents: torch.Tensor) -> torch.Tensor:
+    """Packed latents -> images [B, 1, 16, 16] in [0, 1], as `generate` returns them."""
+    from cachedit.bundled import digits as D
+
+    images = D.unpack_latents(latents.float().cpu())
+    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def random_flux(hidden: int, heads: int, double: int, single: int, in_channels: int = 64, text_dim: Optional[int] = None,
+                seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A random-weight diffusers FluxTransformer2DModel of the given width/depth (eval, no grad)."""
+    from diffusers import FluxTransformer2DModel
+
+    head_dim = hidden // heads
+    # RoPE axes must sum to the head dim (FLUX: 16 + 56 + 56 = 128).
+    a0 = max(2, (head_dim // 8) // 2 * 2)
+    rest = head_dim - a0
+    a1 = rest // 2 // 2 * 2
+    a2 = rest - a1
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=in_channels, out_channels=in_channels, num_layers=double, num_single_layers=single,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim or hidden,
+        pooled_projection_dim=text_dim or hidden, guidance_embeds=False, axes_dims_rope=(a0, a1, a2))
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def random_inputs(model: nn.Module, batch: int, img_tokens: int, txt_tokens: int, steps: int, seed: int = 0,
+                  guidance: Optional[float] = None) -> Inputs:
+    """Random latents/text for `random_flux` (an image token grid of side sqrt(img_tokens))."""
+    p = next(model.parameters())
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    side = int(round(img_tokens ** 0.5))
+    assert side * side == img_tokens, "img_tokens must be a square"
+    call_batch = batch * (2 if guidance is not None else 1)
+    latents = torch.randn(batch, img_tokens, cfg.in_channels, generator=g).to(p.device, p.dtype)
+    ehs = torch.randn(call_batch, txt_tokens, cfg.joint_attention_dim, generator=g).to(p.device, p.dtype)
+    pooled = torch.randn(call_batch, cfg.pooled_projection_dim, generator=g).to(p.device, p.dtype)
+    img_ids = torch.zeros(img_tokens, 3)
+    img_ids[:, 1] = torch.arange(img_tokens) // side
+    img_ids[:, 2] = torch.arange(img_tokens) % side
+    return Inputs(latents=latents, ehs=ehs, pooled=pooled, img_ids=img_ids.to(p.device, p.dtype),
+                  txt_ids=torch.zeros(txt_tokens, 3, device=p.device, dtype=p.dtype),
+                  sigmas=torch.linspace(1.0, 0.0, steps + 1), guidance=guidance)
+
+
+# ----------------------------------------------------------------------------------------------
+# What ran: block compute counters (one method for every cache)
+# ----------------------------------------------------------------------------------------------
+def block_lists(transformer: nn.Module) -> List[nn.Module]:
+    return list(getattr(transformer, "transformer_blocks", [])) + list(getattr(transformer, "single_transformer_blocks", []))
+
+
+class ComputeCounter:
+    """Counts what really executes inside the transformer blocks, for any cache.
+
+    * `attn`: executions of each block's attention (a pre-hook on `attn.to_q`, which runs only
+      when the attention is really computed — caches that replace a block, its attention module
+      (diffusers TaylorSeer / PAB / FasterCache) or the whole stack all skip it);
+    * `macs`: multiply-accumulates of every nn.Linear inside the blocks plus the attention core
+      (2 * B * L^2 * D per attention, L = image + text tokens), i.e. the block compute actually
+      done. Divide by an uncached run's numbers for "fraction computed".
+    Pre-hooks run in `Module.__call__`, so they see real calls whatever a cache does to `forward`.
+    """
+
+    def __init__(self, transformer: nn.Module, seq_len: int) -> None:
+        self.blocks = block_lists(transformer)
+        self.seq_len = seq_len
+        self.attn = [0] * len(self.blocks)
+        self.macs = 0.0
+        self.handles: List[Any] = []
+        for i, block in enumerate(self.blocks):
+            for name, mod in block.named_modules():
+                if isinstance(mod, nn.Linear):
+                    self.handles.append(mod.register_forward_pre_hook(self._linear_hook(mod)))
+            to_q = getattr(getattr(block, "attn", None), "to_q", None)
+            if to_q is not None:
+                self.handles.append(to_q.register_forward_pre_hook(self._attn_hook(i, to_q.out_features)))
+
+    def _linear_hook(self, mod: nn.Linear):
+        macs_per_row = mod.in_features * mod.out_features
+
+        def hook(module, args):
+            x = args[0]
+            self.macs += x.numel() // mod.in_features * macs_per_row
+
+        return hook
+
+    def _attn_hook(self, index: int, inner: int):
+        def hook(module, args):
+            self.attn[index] += 1
+            b = args[0].shape[0]
+            self.macs += 2.0 * b * self.seq_len * self.seq_len * inner
+
+        return hook
+
+    def reset(self) -> None:
+        self.attn = [0] * len(self.blocks)
+        self.macs = 0.0
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache memory: tensors reachable from a cache's state objects
+# ----------------------------------------------------------------------------------------------
+def reachable_tensor_bytes(roots: Iterable[Any], exclude_ptrs: set, max_depth: int = 8) -> int:
+    """Bytes of distinct tensors reachable from `roots` through dicts, sequences and object
+    attributes (modules are not descended into; parameters/buffers in `exclude_ptrs` skipped)."""
+    seen_obj: set = set()
+    tensors: Dict[tuple, int] = {}
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or depth > max_depth or isinstance(obj, (str, bytes, int, float, bool, type)):
+            return
+        if id(obj) in seen_obj:
+            return
+        seen_obj.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type == "meta":
+                return
+            try:
+                storage = obj.untyped_storage()
+                key = (obj.device.type, storage.data_ptr())
+                if storage.data_ptr() in exclude_ptrs:
+                    return
+                tensors[key] = max(tensors.get(key, 0), storage.nbytes())
+            except Exception:  # noqa: BLE001
+                pass
+            return
+        if isinstance(obj, nn.Module):
+            return
+        if isinstance(obj, dict):
+            for v in list(obj.values()):
+                visit(v, depth + 1)
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            for v in list(obj):
+                visit(v, depth + 1)
+            return
+        if callable(obj) and not hasattr(obj, "__dict__"):
+            return
+        d = getattr(obj, "__dict__", None)
+        if d is not None:
+            for k, v in list(d.items()):
+                if k in ("fn_ref", "_module_ref", "module", "transformer", "_model_ref"):
+                    continue
+                visit(v, depth + 1)
+        slots = getattr(type(obj), "__slots__", ())
+        for s in slots if isinstance(slots, (tuple, list)) else ():
+            visit(getattr(obj, s, None), depth + 1)
+
+    for r in roots:
+        visit(r, 0)
+    return sum(tensors.values())
+
+
+def param_ptrs(model: nn.Module) -> set:
+    ptrs = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        ptrs.add(t.untyped_storage().data_ptr())
+    return ptrs
+
+
+def diffusers_hook_roots(transformer: nn.Module) -> List[Any]:
+    """State managers of every diffusers hook under `transformer`."""
+    roots = []
+    for _, mod in transformer.named_modules():
+        reg = mod.__dict__.get("_diffusers_hook")
+        if reg is not None:
+            roots.extend(reg.hooks.values())
+    return roots
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any]) -> tuple:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "n/a"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n / (1024 * 1024):.2f} MiB"

@@ -1,0 +1,274 @@
+"""The caches under test, each as a `Method`: how to enable it on a bare diffusers transformer,
+what to do before each generation, how to read its cache memory and cached steps, how to undo it.
+
+Three families: `ours` (cachedit), `cache-dit` (the real package, on the transformer alone) and
+`diffusers` (the hooks built into diffusers 0.42: FirstBlockCache, TaylorSeerCache, MagCache,
+FasterCache, PyramidAttentionBroadcast). One cache at a time on a model, always.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .common import SampleHooks, diffusers_hook_roots, param_ptrs, reachable_tensor_bytes
+
+
+@dataclass
+class Method:
+    """One row of a results table."""
+
+    name: str
+    family: str  # "uncached" | "ours" | "cache-dit" | "diffusers"
+    series: str  # chart series
+    enable: Callable[[nn.Module, int, SampleHooks], None]
+    disable: Callable[[nn.Module], None] = lambda t: None
+    before_run: Callable[[nn.Module], None] = lambda t: None
+    diffusers_context: bool = False
+    # After the quality run: {"cache_bytes": int|None, "cached_steps": int|None, "note": str}
+    report: Callable[[nn.Module], Dict[str, Any]] = lambda t: {}
+    # Measure cache memory by walking these roots after every step (None: the method reports it).
+    memory_roots: Optional[Callable[[nn.Module], List[Any]]] = None
+    params: Dict[str, Any] = field(default_factory=dict)  # for the tables / defaults report
+
+
+# ----------------------------------------------------------------------------------------------
+# ours
+# ----------------------------------------------------------------------------------------------
+def _ours_report(transformer: nn.Module) -> Dict[str, Any]:
+    import cachedit
+
+    stats = cachedit.summary(transformer, logging=False)[0]
+    me = cachedit.get_manager().entry(transformer)
+    gstats = cachedit.get_global_stats()["models"]
+    entry = gstats.get(f"{me.name}#{me.key:x}") if me is not None else None  # every copy has the same name
+    cache_bytes = entry["cache_bytes"] if entry else stats.cache_bytes
+    return {"cache_bytes": cache_bytes, "cached_steps": stats.accumulated_cached_steps,
+            "compute_saved": stats.estimated_compute_saved, "tag": cachedit.strify(stats)}
+
+
+def ours(name: str, series: str, **kwargs: Any) -> Method:
+    """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`; stats are reset per quality run."""
+
+    def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
+        import cachedit
+
+        cachedit.enable_cache(t, **kwargs)
+        cachedit.reset_cache_stats(t)
+
+    def disable(t: nn.Module) -> None:
+        import cachedit
+
+        cachedit.disable_cache(t)
+
+    params = dict(kwargs)
+    cfg = params.pop("cache_config", None)
+    cal = params.pop("calibrator_config", None)
+    if cfg is not None:
+        params.update(Fn=cfg.Fn_compute_blocks, Bn=cfg.Bn_compute_blocks, threshold=cfg.residual_diff_threshold,
+                      warmup=cfg.max_warmup_steps, max_continuous_cached_steps=cfg.max_continuous_cached_steps)
+    params["taylorseer_order"] = cal.taylorseer_order if cal is not None else 0
+    return Method(name=name, family="ours", series=series, enable=enable, disable=disable, report=_ours_report,
+                  params=params)
+
+
+def ours_adaptive(threshold: float, warmup: int = 3, mc: int = 3, order: int = 0, fn: int = 1, bn: int = 0,
+                  series: Optional[str] = None) -> Method:
+    import cachedit
+
+    cfg = cachedit.DBCacheConfig(Fn_compute_blocks=fn, Bn_compute_blocks=bn, residual_diff_threshold=threshold,
+                                 max_warmup_steps=warmup, max_continuous_cached_steps=mc)
+    cal = cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+    ts = f" TS{order}" if order else ""
+    name = f"ours adaptive F{fn}B{bn} R{threshold:g} W{warmup} MC{mc}{ts}"
+    if series is None:
+        series = "ours adaptive" if not order else ("ours adaptive+TaylorSeer" if order == 1 else "ours adaptive+TaylorSeer o2")
+    return ours(name, series, cache_config=cfg, calibrator_config=cal)
+
+
+# ----------------------------------------------------------------------------------------------
+# cache-dit
+# ----------------------------------------------------------------------------------------------
+def _quiet_cache_dit() -> None:
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("cache_dit") or "Cache-DiT" in name:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
+    import cache_dit
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        stats = cache_dit.summary(transformer, logging=False)
+    cached = sum(len(s.cached_steps or []) + len(getattr(s, "cfg_cached_steps", None) or []) for s in stats)
+    return {"cached_steps": cached, "cached_steps_list": [list(s.cached_steps or []) for s in stats]}
+
+
+def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
+                     mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False) -> Method:
+    """The real cache-dit on the transformer alone. `num_inference_steps` is set in its config so
+    its persistent context refreshes per generation (verified by the determinism check)."""
+
+    built: Dict[str, Any] = {}
+
+    def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
+        import cache_dit
+
+        _quiet_cache_dit()
+        kwargs: Dict[str, Any] = dict(Fn_compute_blocks=fn, Bn_compute_blocks=bn, residual_diff_threshold=threshold,
+                                      max_warmup_steps=warmup, max_continuous_cached_steps=mc, num_inference_steps=steps)
+        if mask_policy is not None:
+            kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
+            kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
+        built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
+        built["calibrator_config"] = lambda: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+        with contextlib.redirect_stdout(io.StringIO()):
+            cache_dit.enable_cache(t, cache_config=built["cache_config"](), calibrator_config=built["calibrator_config"]())
+        _quiet_cache_dit()
+
+    def before_run(t: nn.Module) -> None:
+        # The documented transformer-only refresh. Relying on the num_inference_steps auto-refresh
+        # alone leaks state into the next generation (seen with steps masks: same cached steps,
+        # different images run to run), so every generation starts from a refreshed context.
+        import cache_dit
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            cache_dit.refresh_context(t, cache_config=built["cache_config"](),
+                                      calibrator_config=built["calibrator_config"]())
+
+    def disable(t: nn.Module) -> None:
+        import cache_dit
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            cache_dit.disable_cache(t)
+
+    def roots(t: nn.Module) -> List[Any]:
+        return [getattr(t, "_context_manager", None)]
+
+    return Method(name=name, family="cache-dit", series=series, enable=enable, disable=disable, report=_cache_dit_report,
+                  before_run=before_run, memory_roots=roots, params=dict(Fn=fn, Bn=bn, threshold=threshold, warmup=warmup,
+                                                  max_continuous_cached_steps=mc, taylorseer_order=order,
+                                                  mask=mask_policy, static=mask_static))
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers built-in caches
+# ----------------------------------------------------------------------------------------------
+def _diffusers_reset(t: nn.Module) -> None:
+    t._reset_stateful_cache()
+
+
+def _diffusers_disable(t: nn.Module) -> None:
+    if getattr(t, "is_cache_enabled", False):
+        t.disable_cache()
+
+
+def diffusers_method(name: str, series: str, make_config: Callable[[int, SampleHooks], Any], params: Dict[str, Any],
+                     context: bool = True) -> Method:
+    def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
+        t.enable_cache(make_config(steps, hooks))
+
+    return Method(name=name, family="diffusers", series=series, enable=enable, disable=_diffusers_disable,
+                  before_run=_diffusers_reset, diffusers_context=context, memory_roots=diffusers_hook_roots,
+                  params=params)
+
+
+def diffusers_fbc(threshold: float) -> Method:
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    return diffusers_method(f"diffusers FBC R{threshold:g}", "diffusers FBC",
+                            lambda steps, hooks: FirstBlockCacheConfig(threshold=threshold), {"threshold": threshold})
+
+
+def diffusers_taylorseer(interval: int, order: int = 1, before: int = 3) -> Method:
+    from diffusers.hooks import TaylorSeerCacheConfig
+
+    # float32 factors: the model runs in float32 (the bf16 default would add its own rounding error).
+    return diffusers_method(
+        f"diffusers TaylorSeer I{interval} O{order} W{before}", "diffusers TaylorSeer",
+        lambda steps, hooks: TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=before,
+                                                   max_order=order, taylor_factors_dtype=torch.float32),
+        {"cache_interval": interval, "max_order": order, "disable_cache_before_step": before})
+
+
+def diffusers_magcache(threshold: float, max_skip: int = 3, retention: float = 0.2,
+                       ratios: Optional[Dict[int, List[float]]] = None) -> Method:
+    """MagCache with ratios from diffusers' own calibration mode (`calibrate_magcache`), run by the
+    benchmark for each step count before the first MagCache row (`ratios` is filled in then)."""
+    from diffusers.hooks import MagCacheConfig
+
+    store: Dict[int, List[float]] = ratios if ratios is not None else {}
+
+    def make(steps: int, hooks: SampleHooks):
+        return MagCacheConfig(threshold=threshold, max_skip_steps=max_skip, retention_ratio=retention,
+                              num_inference_steps=steps, mag_ratios=list(store[steps]))
+
+    return diffusers_method(f"diffusers MagCache R{threshold:g} K{max_skip}", "diffusers MagCache", make,
+                            {"threshold": threshold, "max_skip_steps": max_skip, "retention_ratio": retention,
+                             "_needs_magcache_ratios": True, "_ratios_store": store})
+
+
+def diffusers_pab(skip: int, lo: float = 100, hi: float = 800) -> Method:
+    from diffusers.hooks import PyramidAttentionBroadcastConfig
+
+    def make(steps: int, hooks: SampleHooks):
+        return PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=skip, spatial_attention_timestep_skip_range=(lo, hi),
+            spatial_attention_block_identifiers=("transformer_blocks", "single_transformer_blocks"),
+            current_timestep_callback=lambda: hooks.current_timestep[0])
+
+    return diffusers_method(f"diffusers PAB S{skip} T({lo:g},{hi:g})", "diffusers PAB", make,
+                            {"spatial_attention_block_skip_range": skip, "timestep_range": (lo, hi)})
+
+
+def diffusers_fastercache(skip: int = 2, uncond_skip: int = 5, distilled: bool = True) -> Method:
+    """`distilled=True` turns off FasterCache's CFG-branch approximation, which needs 4-D/5-D
+    latents (it crashes on Flux's packed [B, N, C] tokens); the attention cache still runs."""
+    from diffusers.hooks import FasterCacheConfig
+
+    def make(steps: int, hooks: SampleHooks):
+        return FasterCacheConfig(
+            spatial_attention_block_skip_range=skip, spatial_attention_timestep_skip_range=(-1, 681),
+            unconditional_batch_skip_range=uncond_skip, unconditional_batch_timestep_skip_range=(-1, 641),
+            spatial_attention_block_identifiers=("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"),
+            tensor_format="BCHW", is_guidance_distilled=distilled,
+            _unconditional_conditional_input_kwargs_identifiers=["hidden_states", "encoder_hidden_states", "timestep",
+                                                                  "pooled_projections"],
+            current_timestep_callback=lambda: hooks.current_timestep[0])
+
+    label = f"diffusers FasterCache S{skip}" + ("" if distilled else f" U{uncond_skip}")
+    return diffusers_method(label, "diffusers FasterCache", make,
+                            {"spatial_attention_block_skip_range": skip, "unconditional_batch_skip_range": None if distilled else uncond_skip})
+
+
+def calibrate_magcache(transformer: nn.Module, run: Callable[[SampleHooks], Any], steps: int) -> List[float]:
+    """diffusers' MagCache calibration mode: one uncached-equivalent run that prints the ratios."""
+    from diffusers.hooks import MagCacheConfig
+
+    transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    buf = io.StringIO()
+    try:
+        transformer._reset_stateful_cache()
+        with contextlib.redirect_stdout(buf):
+            run(SampleHooks(diffusers_context=True))
+    finally:
+        transformer.disable_cache()
+    text = buf.getvalue()
+    start = text.index("[", text.index("Calibration Complete"))
+    ratios = ast.literal_eval(text[start:text.index("]", start) + 1])
+    if len(ratios) != steps:
+        raise RuntimeError(f"MagCache calibration returned {len(ratios)} ratios for {steps} steps")
+    return [float(r) for r in ratios]
+
+
+def memory_of(method: Method, transformer: nn.Module, exclude: Optional[set] = None) -> int:
+    if method.memory_roots is None:
+        return 0
+    return reachable_tensor_bytes(method.memory_roots(transformer), exclude if exclude is not None else param_ptrs(transformer))
