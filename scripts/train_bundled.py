@@ -94,7 +94,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "cachedit", "bundled"))
     p.add_argument("--sigma-shift", type=float, default=1.0)
-    p.add_argument("--eval-images", type=int, default=200)
+    p.add_argument("--eval-images", type=int, default=80)
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--grid", default=None, help="optional PNG path for a grid of evaluation samples")
     p.add_argument("--log-every", type=int, default=50)

@@ -10,8 +10,14 @@ from cachedit.bundled import digits as D
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(2)
-    return D.load_model()
+    # One intra-op thread: these are tiny batches, and on a shared 2-core machine OpenMP
+    # oversubscription made 2 threads up to 10x slower than 1.  Restored afterwards.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield D.load_model()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_loads_as_diffusers_flux(model):

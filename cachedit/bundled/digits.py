@@ -158,7 +158,9 @@ def load_model(dtype: torch.dtype = torch.float32, device: Union[str, torch.devi
     model.transformer.load_state_dict(t_state, strict=True)
     model.label_embedder.load_state_dict(e_state, strict=True)
     for m in (model.transformer, model.label_embedder):
-        m.to(device=device, dtype=dtype)
+        m.to(device=device)
+        if dtype != torch.float32:
+            m.to(dtype=dtype)
         m.eval()
         m.requires_grad_(False)
     return model
