@@ -15,54 +15,20 @@ BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 @pytest.fixture(scope="module")
 def digits_in_comfy(comfy_harness):
     """(ModelPatcher of ComfyUI's Flux with the bundled weights, digits module, bundled diffusers model)."""
-    import torch
-
     if not os.path.isfile(os.path.join(BUNDLED, "digits_flux.safetensors")):
         pytest.skip("cachedit/bundled/digits_flux.safetensors is not there yet (scripts/train_bundled.py makes it)")
-    import comfy.model_detection
-    import comfy.model_patcher
-    import comfy.supported_models
-    from safetensors.torch import load_file
+    from cachedit.bundled import comfyui as bundled_comfy
     from cachedit.bundled import digits as D
 
-    cfg = D.load_config()["transformer"]
-    sd = load_file(D.WEIGHTS_PATH)
-    transformer_sd = {k[len("transformer."):]: v.float() for k, v in sd.items() if k.startswith("transformer.")}
-    comfy_sd = comfy.model_detection.convert_diffusers_mmdit(transformer_sd, "")  # ComfyUI's diffusers->Flux map
-    # diffusers packs 2x2 patches of a 1-channel image into 4 channels; ComfyUI's Flux patchifies itself
-    unet_config = dict(image_model="flux", in_channels=cfg["in_channels"] // 4, out_channels=cfg["out_channels"] // 4,
-                       patch_size=2, vec_in_dim=cfg["pooled_projection_dim"], context_in_dim=cfg["joint_attention_dim"],
-                       hidden_size=cfg["num_attention_heads"] * cfg["attention_head_dim"], mlp_ratio=4.0,
-                       num_heads=cfg["num_attention_heads"], depth=cfg["num_layers"],
-                       depth_single_blocks=cfg["num_single_layers"], axes_dim=list(cfg["axes_dims_rope"]), theta=10000,
-                       qkv_bias=True, guidance_embed=bool(cfg.get("guidance_embeds", False)))
-    config = comfy.supported_models.Flux(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    cpu = torch.device("cpu")
-    model = config.get_model({}, "", device=cpu)
-    missing, unexpected = model.diffusion_model.load_state_dict(comfy_sd, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), D, D.load_model()
+    patcher, bundled = bundled_comfy.load_patcher()
+    return patcher, D, bundled
 
 
 def _generate(patcher, D, bundled, labels, steps=28, cfg=3.0, seed=0):
     """Sample like SamplerCustom with the bundled schedule; images [B, 1, 16, 16] in [0, 1]."""
-    import torch
-    import comfy.sample
-    import comfy.samplers
+    from cachedit.bundled import comfyui as bundled_comfy
 
-    with torch.no_grad():
-        cond = bundled.condition(labels)
-        uncond = bundled.condition(torch.full_like(labels, D.NULL_LABEL))
-    positive = [[cond[0], {"pooled_output": cond[1]}]]
-    negative = [[uncond[0], {"pooled_output": uncond[1]}]]
-    noise = torch.randn((labels.shape[0], 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        out = comfy.sample.sample_custom(patcher, noise, cfg, comfy.samplers.sampler_object("euler"),
-                                         D.sigmas_schedule(steps), positive, negative, torch.zeros_like(noise),
-                                         disable_pbar=True, seed=seed)
-    latent = patcher.model.latent_format.process_in(out)  # undo ComfyUI's latent scaling
-    return ((latent + 1.0) * 0.5).clamp(0.0, 1.0)
+    return bundled_comfy.generate(patcher, bundled, labels, steps=steps, cfg=cfg, seed=seed)
 
 
 def test_comfyui_flux_matches_diffusers(digits_in_comfy):
