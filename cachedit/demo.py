@@ -82,7 +82,7 @@ def run_demo(steps: int = 28, batch: int = 16, repeats: int = 3, guidance: float
         }
         rows.append(row)
         if kwargs is not None and name != "never reuse (overhead)":
-            grid.append((name.split(" (")[0].split(",")[0], images))
+            grid.append((name.split(" (")[0].replace("adaptive, no TaylorSeer", "no TaylorSeer"), images))
     print_fn(format_table(rows, steps, batch, guidance))
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
