@@ -116,7 +116,8 @@ def test_separate_cfg_calls_keep_their_own_branches(tiny_flux):
     run = cachedit.get_manager().entry(tiny_flux).engine.tracker.run
     assert len(run.branches) == 2
     cond, uncond = run.branches[0], run.branches[1]
-    assert cond.probe is not None and not torch.equal(cond.residuals[0]["hidden"], uncond.residuals[0]["hidden"])
+    assert cond.probe is None  # fixed decides from the step alone: no probe is kept
+    assert not torch.equal(cond.residuals[0]["hidden"], uncond.residuals[0]["hidden"])
 
 
 def test_separate_cfg_matches_batched_cfg_when_nothing_is_reused(tiny_flux):
@@ -461,9 +462,14 @@ def test_cache_memory_is_bounded(tiny_flux):
     engine = cachedit.get_manager().entry(tiny_flux).engine
     hidden = 2 * 16 * 32 * 4  # batch x tokens x inner dim x fp32 bytes
     encoder = 2 * 3 * 32 * 4
-    # probe + per block list (2 here) a residual of each stream + its first-order Taylor difference
-    # (the Taylor value term aliases the residual)
-    assert engine.buffer_bytes() == hidden + 2 * (hidden + encoder) + 2 * (hidden + encoder)
+    # fixed needs no probe: per block list (2 here) a residual of each stream + its first-order
+    # Taylor difference (the Taylor value term is the residual)
+    assert engine.buffer_bytes() == 2 * (hidden + encoder) + 2 * (hidden + encoder)
+    cachedit.enable_cache(tiny_flux, residual_diff_threshold=0.9, Fn_compute_blocks=1, max_warmup_steps=2)
+    sample(tiny_flux, steps=8, batch=2, tokens=16)
+    engine = cachedit.get_manager().entry(tiny_flux).engine
+    # adaptive: the probe, plus one engine-wide spare and scratch of its size (no per-step allocations)
+    assert engine.buffer_bytes() == 3 * hidden + 2 * (hidden + encoder)
 
 
 def test_taylorseer_extrapolates_polynomials_exactly():

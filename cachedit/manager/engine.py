@@ -47,19 +47,30 @@ def _version(t: Optional[torch.Tensor]) -> int:
     return t._version
 
 
-def relative_l1(previous: torch.Tensor, current: torch.Tensor) -> Optional[float]:
-    """mean|prev - cur| / mean|prev| as one float (the single host sync of a decision)."""
+def relative_l1(previous: torch.Tensor, current: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> Optional[float]:
+    """mean|prev - cur| / mean|prev| as one float (the single host sync of a decision).
+
+    `scratch` (same shape) takes the difference so no full-size temporary is allocated."""
     if previous.shape != current.shape:
         return None
-    num = (previous - current).abs().mean()
-    den = previous.abs().mean()
+    diff = sub_into(scratch, previous, current)
+    num = torch.linalg.vector_norm(diff, 1)
+    den = torch.linalg.vector_norm(previous, 1)
     return float((num / den.clamp_min(1e-12)).item())
+
+
+def sub_into(buffer: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a - b, written into `buffer` when it fits (no per-step allocation of hidden-state-sized
+    tensors: on CPU fresh large allocations page-fault, and that cost more than the math)."""
+    if buffer is not None and buffer.shape == a.shape and buffer.dtype == a.dtype and buffer.device == a.device:
+        return torch.sub(a, b, out=buffer)
+    return a - b
 
 
 class CallState:
     """Everything about one model call that block hooks need."""
 
-    __slots__ = ("run", "step", "branch", "branch_key", "reuse", "decided", "probe_base", "probe_base_version",
+    __slots__ = ("run", "step", "branch", "branch_key", "reuse", "decided", "probe_base", "probe_base_version", "probe_owned",
                  "seg_in", "seg_in_versions", "seg_out", "progress", "timestep")
 
     def __init__(self, run, step: int, branch: BranchState, branch_key: Hashable, progress: float, timestep) -> None:
@@ -71,6 +82,7 @@ class CallState:
         self.decided = False
         self.probe_base: Optional[torch.Tensor] = None
         self.probe_base_version = 0
+        self.probe_owned = False  # the probe tensor was computed here (may be written into later)
         self.seg_in: Dict[int, Dict[str, torch.Tensor]] = {}
         self.seg_in_versions: Dict[int, Dict[str, int]] = {}
         self.seg_out: Dict[int, Dict[str, Optional[torch.Tensor]]] = {}
@@ -94,6 +106,10 @@ class CacheEngine:
         # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
         # adapter says so up front; otherwise it is switched on when a version counter shows it).
         self.clone_inputs = clone_inputs
+        # Engine-wide buffers shared by every branch (calls are sequential): the next probe is
+        # written into the spare, the probe difference into the scratch.
+        self.probe_spare: Optional[torch.Tensor] = None
+        self.diff_scratch: Optional[torch.Tensor] = None
         self.configure_blocks(list_lengths)
 
     # -- layout -----------------------------------------------------------------------------------
@@ -237,8 +253,12 @@ class CacheEngine:
             if base is not None and _version(base) != call.probe_base_version:
                 self.clone_inputs = True  # block 0 wrote into its input: copy it from the next call on
                 base = None
-            if base is not None and hidden is not None and base.shape == hidden.shape:
-                probe = hidden - base
+            if not self.strategy.needs_probe:
+                probe = None  # fixed/dynamic decide from the step alone
+            elif base is not None and hidden is not None and base.shape == hidden.shape:
+                probe = sub_into(self.probe_spare, hidden, base)
+                self.probe_spare = None
+                call.probe_owned = True
             else:
                 probe = hidden
             self._decide(call, probe)
@@ -254,20 +274,22 @@ class CacheEngine:
                 call.branch.residuals.pop(seg, None)
                 call.branch.last_computed_step = -1
                 return
+            branch = call.branch
+            previous = branch.residuals.get(seg, {})
+            order = self.options.taylorseer_order
             residual: Dict[str, torch.Tensor] = {}
             for name, out in streams.items():
                 base = inputs.get(name)
                 if out is None or base is None or out.shape != base.shape:
                     continue
-                residual[name] = out - base
-            call.branch.residuals[seg] = residual
-            order = self.options.taylorseer_order
-            if order:
-                for name, value in residual.items():
-                    series = call.branch.taylor.get((seg, name))
+                if order:
+                    series = branch.taylor.get((seg, name))
                     if series is None:
-                        series = call.branch.taylor[(seg, name)] = TaylorSeries(order)
-                    series.update(value, call.step)
+                        series = branch.taylor[(seg, name)] = TaylorSeries(order)
+                    residual[name] = series.update_residual(out, base, call.step)
+                else:
+                    residual[name] = sub_into(previous.get(name), out, base)  # overwrite last step's buffer
+            branch.residuals[seg] = residual
 
     @_eager
     def reused_segment(self, call: CallState, index: int) -> Dict[str, Optional[torch.Tensor]]:
@@ -310,7 +332,9 @@ class CacheEngine:
         def diff_fn() -> Optional[float]:
             if probe is None or branch.probe is None:
                 return None
-            return relative_l1(branch.probe, probe)
+            if self.diff_scratch is None or self.diff_scratch.shape != probe.shape:
+                self.diff_scratch = torch.empty_like(probe)
+            return relative_l1(branch.probe, probe, self.diff_scratch)
 
         reuse, diff = self.strategy.decide(branch, step, call.progress, diff_fn)
         reuse = bool(reuse) and self._can_reuse(branch)
@@ -321,7 +345,12 @@ class CacheEngine:
         else:
             branch.last_computed_step = step
             if probe is not None:
+                # double buffering: the old probe becomes the next call's scratch for the new one
+                if call.probe_owned and branch.probe is not None:
+                    self.probe_spare = branch.probe
                 branch.probe = probe
+        if reuse and call.probe_owned:
+            self.probe_spare = probe  # not kept: reuse its memory for the next probe
         recorded = branch.residual_diffs.get(str(step), diff)
         threshold = float(self.options.cache_config.residual_diff_threshold) if self.strategy.needs_probe else None
         call.run.record.steps.append(StepRecord(step, branch.index, reuse, recorded, threshold))
@@ -408,4 +437,5 @@ class CacheEngine:
     def buffer_bytes(self) -> int:
         """Bytes of cached tensors held now."""
         run = self.tracker.run
-        return run.buffer_bytes() if run is not None else 0
+        own = sum(t.numel() * t.element_size() for t in (self.probe_spare, self.diff_scratch) if t is not None)
+        return own + (run.buffer_bytes() if run is not None else 0)

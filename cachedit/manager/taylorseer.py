@@ -35,6 +35,24 @@ class TaylorSeries:
         self.terms = new_terms
         self.last_step = step
 
+    def update_residual(self, out: torch.Tensor, base: torch.Tensor, step: int) -> torch.Tensor:
+        """Record `out - base` computed at `step`; returns the value term. First order updates its
+        two terms in place (no allocation per step); other orders fall back to `update`."""
+        t = self.terms
+        if (self.order == 1 and len(t) == 2 and self.last_step is not None and step > self.last_step
+                and t[0].shape == out.shape and t[0].dtype == out.dtype):
+            value, d1 = t
+            torch.sub(out, base, out=d1)  # d1 <- new value
+            d1.sub_(value)  # d1 <- new - old
+            value.add_(d1)  # value <- new
+            gap = float(step - self.last_step)
+            if gap != 1.0:
+                d1.div_(gap)
+            self.last_step = step
+            return value
+        self.update(out - base, step)
+        return self.terms[0]
+
     def add_prediction(self, base: torch.Tensor, step: int) -> torch.Tensor:
         """`base + predict(step)` in one fresh tensor (no intermediate copy of the prediction)."""
         out = torch.add(base, self.terms[0])
