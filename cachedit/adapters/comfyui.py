@@ -119,6 +119,8 @@ def _generic_lists(dm: Any) -> Tuple[str, ...]:
         return ()
     names = []
     for name, blocks in lists:
+        if "." in name:
+            return ()  # nested lists (a UNet's attention stacks) are no DiT block stack
         try:
             params = list(inspect.signature(type(blocks[0]).forward).parameters)[1:]
         except (TypeError, ValueError):
