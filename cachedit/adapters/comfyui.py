@@ -390,16 +390,9 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
                                  total_steps=total, step_index=step)
         if call is None:
             return executor(*args, **kwargs)
-        try:
-            if engine.step_level and sigma and isinstance(t, torch.Tensor):
-                out = _step_level(engine, call, executor, args, kwargs, x, t)
-            else:
-                out = executor(*args, **kwargs)
-        except BaseException:
-            engine.end_call(call, failed=True)
-            raise
-        engine.end_call(call)
-        return out
+        if engine.step_level and sigma and isinstance(t, torch.Tensor):
+            return engine.run_call(call, lambda: _step_level(engine, call, executor, args, kwargs, x, t))
+        return engine.run_call(call, lambda: executor(*args, **kwargs))
 
     apply_model._cachedit = True
     return apply_model

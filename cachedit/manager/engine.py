@@ -189,6 +189,16 @@ class CacheEngine:
             self.current = call
             return call
 
+    def run_call(self, call: CallState, fn):
+        """Run the model call placed by `begin_call`, then close it (as failed on an exception)."""
+        try:
+            out = fn()
+        except BaseException:
+            self.end_call(call, failed=True)
+            raise
+        self.end_call(call)
+        return out
+
     @_eager
     def end_call(self, call: Optional[CallState], failed: bool = False) -> None:
         """Close a call; on failure the run ends so nothing half-written is ever reused."""

@@ -111,16 +111,9 @@ class TorchHooks:
             call = engine.begin_call(timestep, None, (tuple(x.shape), x.dtype, x.device))
             if call is None:
                 return original(*args, **kwargs)
-            try:
-                if engine.step_level:
-                    out = self._step_level(call, x, original, args, kwargs)
-                else:
-                    out = original(*args, **kwargs)
-            except BaseException:
-                engine.end_call(call, failed=True)
-                raise
-            engine.end_call(call)
-            return out
+            if engine.step_level:
+                return engine.run_call(call, lambda: self._step_level(call, x, original, args, kwargs))
+            return engine.run_call(call, lambda: original(*args, **kwargs))
 
         return forward
 
