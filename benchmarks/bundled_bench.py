@@ -48,6 +48,7 @@ class Row:
     speedup_lo: float = float("nan")
     speedup_hi: float = float("nan")
     time_s: float = float("nan")
+    best_of: float = float("nan")  # fastest baseline run of the group / fastest run of this method
     compute: float = float("nan")  # fraction of block MACs computed vs uncached
     attn: float = float("nan")  # fraction of block attention executions vs uncached
     cached_steps: Optional[int] = None
@@ -122,12 +123,24 @@ def run_bundled(model: Any, methods: Sequence[Method], steps: int, *, batch: int
     rows: List[Row] = []
     baseline_times: List[float] = []
     magcache_ratios: Dict[int, List[float]] = {}
+    position = {id(m): i for i, m in enumerate(methods)}
+    # Time the families side by side: groups take methods round-robin from each family, so a load
+    # change on the machine never lands on one family only. The table keeps the given order.
+    by_family: Dict[str, List[Method]] = {}
+    for m in methods:
+        by_family.setdefault(m.family, []).append(m)
+    order: List[Method] = []
+    while any(by_family.values()):
+        for fam in list(by_family):
+            if by_family[fam]:
+                order.append(by_family[fam].pop(0))
 
-    for g0 in range(0, len(methods), group_size):
-        group = list(methods[g0:g0 + group_size])
+    for g0 in range(0, len(order), group_size):
+        group = list(order[g0:g0 + group_size])
         live: List[tuple] = []  # (method, row, transformer, hooks, quality latents)
         for method in group:
             row = Row(method.name, method.family, method.series, params=dict(method.params))
+            row.params["_position"] = position[id(method)]
             rows.append(row)
             t = copy.deepcopy(pristine)
             hooks = SampleHooks(diffusers_context=method.diffusers_context)
@@ -166,17 +179,19 @@ def run_bundled(model: Any, methods: Sequence[Method], steps: int, *, batch: int
             live.append((method, row, t, hooks, q["latents"]))
 
         # Interleaved timing rounds.
+        group_base: List[float] = []
         times: Dict[str, List[float]] = {m.name: [] for m, *_ in live}
         ratios: Dict[str, List[float]] = {m.name: [] for m, *_ in live}
         same: Dict[str, bool] = {m.name: True for m, *_ in live}
         for r in range(repeats):
-            order = live[r % max(1, len(live)):] + live[:r % max(1, len(live))] if live else []
+            rotated = live[r % max(1, len(live)):] + live[:r % max(1, len(live))] if live else []
             pending: List[tuple] = []  # (name, time) waiting for the next baseline
             last_base = None
-            for i, (method, row, t, hooks, qlat) in enumerate(order):
+            for i, (method, row, t, hooks, qlat) in enumerate(rotated):
                 if i % per_baseline == 0:
                     tb, _ = timed(lambda: euler(base, inp))
                     baseline_times.append(tb)
+                    group_base.append(tb)
                     for name, tm, prev in pending:
                         ratios[name].append(((prev + tb) / 2.0) / tm)
                     pending = []
@@ -189,6 +204,7 @@ def run_bundled(model: Any, methods: Sequence[Method], steps: int, *, batch: int
             if pending:
                 tb, _ = timed(lambda: euler(base, inp))
                 baseline_times.append(tb)
+                group_base.append(tb)
                 for name, tm, prev in pending:
                     ratios[name].append(((prev + tb) / 2.0) / tm)
 
@@ -197,6 +213,7 @@ def run_bundled(model: Any, methods: Sequence[Method], steps: int, *, batch: int
                 row.speedup = median(ratios[method.name])
                 row.speedup_lo, row.speedup_hi = min(ratios[method.name]), max(ratios[method.name])
                 row.time_s = median(times[method.name])
+                row.best_of = min(group_base) / min(times[method.name])
                 row.deterministic = same[method.name]
             try:
                 method.disable(t)
@@ -212,7 +229,8 @@ def run_bundled(model: Any, methods: Sequence[Method], steps: int, *, batch: int
         del live
         gc.collect()
 
-    uncached = Row("uncached", "uncached", "uncached", speedup=1.0, speedup_lo=1.0, speedup_hi=1.0,
+    rows.sort(key=lambda r: r.params.get("_position", 0))
+    uncached = Row("uncached", "uncached", "uncached", speedup=1.0, speedup_lo=1.0, speedup_hi=1.0, best_of=1.0,
                    time_s=median(baseline_times), compute=1.0, attn=1.0, cached_steps=0, psnr=math.inf, ssim=1.0,
                    acc=acc_ref, cache_bytes=0, deterministic=True, restored=True)
     uncached.images = ref_images

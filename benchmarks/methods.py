@@ -55,7 +55,13 @@ def _ours_report(transformer: nn.Module) -> Dict[str, Any]:
 
 
 def ours(name: str, series: str, **kwargs: Any) -> Method:
-    """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`; stats are reset per quality run."""
+    """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`; stats are reset per quality run.
+    With no kwargs (the library defaults) the row name gets the defaults' tag, e.g. `F1B0 R0.24 W3 MC3 TS1`."""
+    if not kwargs:
+        from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as _ts, ADAPTIVE_DEFAULTS as _d
+
+        name = (f"{name}: F{_d['Fn_compute_blocks']}B{_d['Bn_compute_blocks']} R{_d['residual_diff_threshold']:g} "
+                f"W{_d['max_warmup_steps']} MC{_d['max_continuous_cached_steps']}" + (f" TS{_ts}" if _ts else ""))
 
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         import cachedit

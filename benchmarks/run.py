@@ -47,8 +47,9 @@ def ours_rows(sweep: str) -> List[M.Method]:
         M.ours("ours dynamic skip3", "ours fixed/dynamic", strategy="dynamic", skip_interval=3),
     ]
     var = "ours adaptive+TaylorSeer (W/MC/Fn/Bn var.)"
-    if sweep == "small":
-        plain, ts1, ts2 = (0.12, 0.24), (0.16, 0.24, 0.4), ()
+    if sweep == "standard":
+        rows = [r for r in rows if r.name not in ("ours fixed skip3", "ours dynamic skip3")]
+        plain, ts1, ts2 = (0.24,), (0.12, 0.16, 0.3, 0.4), ()  # R0.24 W3 MC3 TS1 is the default row
         variations = [(0.3, 2, 2, 1, 0), (0.4, 3, 4, 1, 0)]
     else:
         plain = (0.08, 0.12, 0.16, 0.2, 0.24, 0.3, 0.4)
@@ -56,7 +57,7 @@ def ours_rows(sweep: str) -> List[M.Method]:
         ts2 = (0.24,)
         # (threshold, warmup, max_continuous_cached_steps, Fn, Bn), TaylorSeer order 1
         variations = [(0.3, 2, 2, 1, 0), (0.3, 4, 2, 1, 0), (0.4, 3, 4, 1, 0), (0.3, 8, 3, 1, 0), (0.3, 3, -1, 1, 0),
-                      (0.3, 3, 3, 2, 0), (0.3, 3, 3, 1, 1)]
+                      (0.3, 3, 3, 2, 0), (0.3, 3, 3, 1, 1), (0.5, 3, 5, 1, 0), (0.5, 3, -1, 1, 0)]
     rows += [M.ours_adaptive(t, order=0) for t in plain]
     rows += [M.ours_adaptive(t, order=1) for t in ts1]
     rows += [M.ours_adaptive(t, order=2) for t in ts2]
@@ -65,8 +66,8 @@ def ours_rows(sweep: str) -> List[M.Method]:
 
 
 def cache_dit_rows(sweep: str) -> List[M.Method]:
-    if sweep == "small":
-        f8, f1, f1ts, same, masks = (), (0.12, 0.2, 0.3), (0.24,), ((0.4, 3, 3),), ("medium", "fast")
+    if sweep == "standard":
+        f8, f1, f1ts, same, masks = (), (0.12, 0.2, 0.3), (0.2, 0.3), ((0.4, 3, 3),), ("fast",)
     else:
         f8 = (0.2, 0.4)
         f1 = (0.08, 0.12, 0.16, 0.2, 0.24, 0.3, 0.4)
@@ -84,9 +85,9 @@ def cache_dit_rows(sweep: str) -> List[M.Method]:
 
 
 def diffusers_rows(sweep: str) -> List[M.Method]:
-    if sweep == "small":
-        return [M.diffusers_fbc(0.1), M.diffusers_fbc(0.2), M.diffusers_taylorseer(2), M.diffusers_magcache(0.12),
-                M.diffusers_pab(2)]
+    if sweep == "standard":
+        return [M.diffusers_fbc(0.1), M.diffusers_fbc(0.2), M.diffusers_taylorseer(3), M.diffusers_magcache(0.06),
+                M.diffusers_magcache(0.24), M.diffusers_pab(2)]
     return ([M.diffusers_fbc(t) for t in (0.05, 0.1, 0.16, 0.2, 0.3)]
             + [M.diffusers_taylorseer(2), M.diffusers_taylorseer(3), M.diffusers_taylorseer(5)]
             + [M.diffusers_magcache(t) for t in (0.06, 0.12, 0.24)]
@@ -146,12 +147,15 @@ def recommend_defaults(results: Sequence[BundledResult], db: float = QUALITY_DB)
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CacheDit vs cache-dit vs diffusers caches (bundled model + scaling)")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 28 50; --quick: 10)")
-    p.add_argument("--repeats", type=int, default=None, help="timing rounds per row (default 3; --quick: 1)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timing rounds per row (default 2 for the standard sweep, 3 for --sweep full; --quick: 1)")
     p.add_argument("--batch", type=int, default=10, help="images per generation (labels 0..9 repeated); CFG doubles it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", default="auto", help="torch threads: 'auto' times 1 vs 2 and keeps the faster for all rows")
-    p.add_argument("--sweep", choices=("full", "small"), default="full", help="size of the per-family sweeps")
+    p.add_argument("--sweep", choices=("standard", "full"), default="standard",
+                   help="per-family sweeps: standard (25 rows per step count, ~15 min in all on an idle machine) or "
+                        "full (64 rows: every threshold, TaylorSeer order, warmup/cap variation; ~55 min)")
     p.add_argument("--per-baseline", type=int, default=3, help="cached runs between two uncached baseline runs")
     p.add_argument("--scaling-tokens", type=int, nargs="+", default=None,
                    help="image tokens of the CPU scaling study (default 256 1024; 4096 adds several minutes)")
@@ -160,6 +164,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-bundled", action="store_true", help="only the scaling study")
     p.add_argument("--out", default=RESULTS_DIR, help="results directory")
     p.add_argument("--random-weights", action="store_true", help="use a random-weight stand-in for the bundled model")
+    p.add_argument("--chart-only", action="store_true", help="redraw pareto.png from the results_<N>.md files in --out")
     return p.parse_args(argv)
 
 
@@ -195,10 +200,10 @@ def load_bundled(random_weights: bool = False, tiny: bool = False):
 
 
 def run(args: argparse.Namespace, model: Any = None, model_note: str = "", log: Callable[[str], None] = print,
-        write: bool = True) -> Dict[str, Any]:
+        write: bool = True, group_size: int = 8) -> Dict[str, Any]:
     t_start = time.perf_counter()
     steps_list = args.steps or ([10] if args.quick else [28, 50])
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else (3 if args.sweep == "full" else 2))
     if model is None:
         model, model_note = load_bundled(args.random_weights)
     if args.threads == "auto":
@@ -221,8 +226,11 @@ def run(args: argparse.Namespace, model: Any = None, model_note: str = "", log: 
             methods.insert(0, M.cache_dit_method("cache-dit F8B0 R0.08 (its default)", "cache-dit F8B0", fn=8,
                                                  threshold=0.08))
             log(f"== bundled model, {steps} steps, {len(methods)} methods, {repeats} timing round(s) ==")
+            t_step = time.perf_counter()
             res = run_bundled(model, methods, steps, batch=args.batch, guidance=args.guidance, seed=args.seed,
-                              repeats=repeats, per_baseline=args.per_baseline, log=log)
+                              repeats=repeats, per_baseline=args.per_baseline, group_size=group_size, log=log)
+            res.info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            res.info["elapsed_s"] = round(time.perf_counter() - t_step, 1)
             out["results"].append(res)
             if write:
                 path = os.path.join(args.out, f"results_{steps}.md")
@@ -263,8 +271,38 @@ def run(args: argparse.Namespace, model: Any = None, model_note: str = "", log: 
     return out
 
 
+def series_names() -> Dict[str, str]:
+    """Row name -> chart series, for every row any sweep can produce."""
+    names = {}
+    for m in all_rows("full") + all_rows("standard") + quick_rows():
+        names[m.name] = m.series
+    names["cache-dit F8B0 R0.08 (its default)"] = "cache-dit F8B0"
+    return names
+
+
+def redraw_chart(out_dir: str) -> str:
+    from .report import result_from_markdown
+
+    series = series_names()
+    paths = sorted((p for p in os.listdir(out_dir) if p.startswith("results_") and p.endswith(".md")),
+                   key=lambda p: int(p[len("results_"):-3]))
+    results = []
+    for p in paths:
+        res = result_from_markdown(os.path.join(out_dir, p), series)
+        for r in res.rows:
+            if r.name.startswith("ours default"):
+                r.series = "ours default"
+        results.append(res)
+    path = os.path.join(out_dir, "pareto.png")
+    pareto_chart(results, path)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.chart_only:
+        print("wrote", redraw_chart(args.out))
+        return 0
     run(args)
     return 0
 

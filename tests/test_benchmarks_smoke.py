@@ -19,10 +19,11 @@ def test_quick_path_produces_the_expected_table(tmp_path):
     model, note = bench.load_bundled(tiny=True)
     args = bench.parse_args(["--quick", "--steps", "6", "--repeats", "1", "--threads", "1", "--no-scaling",
                              "--out", str(tmp_path)])
-    out = bench.run(args, model=model, model_note=note, log=lambda s: None, write=False)
+    out = bench.run(args, model=model, model_note=note, log=lambda s: None, write=False, group_size=3)
     (res,) = out["results"]
     names = [r.name for r in res.rows]
     expected = ["uncached", "cache-dit F8B0 R0.08 (its default)"] + [m.name for m in bench.quick_rows()]
+    assert expected[2].startswith("ours default (adaptive): F")
     assert names == expected
     table = markdown_table(res.rows).splitlines()
     assert table[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
