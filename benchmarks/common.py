@@ -166,10 +166,11 @@ def random_flux(hidden: int, heads: int, double: int, single: int, in_channels: 
     a1 = rest // 2 // 2 * 2
     a2 = rest - a1
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=in_channels, out_channels=in_channels, num_layers=double, num_single_layers=single,
-        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim or hidden,
-        pooled_projection_dim=text_dim or hidden, guidance_embeds=False, axes_dims_rope=(a0, a1, a2))
+    with torch.device(device):  # initialise where it runs: a FLUX-width CPU init takes minutes
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=in_channels, out_channels=in_channels, num_layers=double, num_single_layers=single,
+            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim or hidden,
+            pooled_projection_dim=text_dim or hidden, guidance_embeds=False, axes_dims_rope=(a0, a1, a2))
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     return model

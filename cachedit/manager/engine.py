@@ -17,7 +17,7 @@ matter; every other block only checks `call.reuse`.
 from __future__ import annotations
 
 import threading
-from typing import Dict, Hashable, List, Optional, Sequence
+from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
 
@@ -67,17 +67,48 @@ def sub_into(buffer: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -
     return a - b
 
 
+class DeferredScalar:
+    """A GPU scalar (the timestep) copied to the host without waiting for the GPU.
+
+    Reading a CUDA timestep with `.item()` at the start of a call drains the GPU queue and leaves
+    the GPU idle while Python prepares the next kernels. Instead the copy is queued, and `read()`
+    waits only for it (queued before the probe blocks, so those keep the GPU busy meanwhile)."""
+
+    __slots__ = ("host", "event")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        first = tensor.reshape(-1)[:1]
+        self.event: Optional[torch.cuda.Event] = None
+        if first.is_cuda:
+            self.host = first.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = first.detach().clone()  # a CPU tensor the caller might still write into
+
+    def read(self) -> float:
+        """The value (waits for the copy only, not for work queued after it)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return float(self.host[0])
+
+
 class CallState:
-    """Everything about one model call that block hooks need."""
+    """Everything about one model call that block hooks need.
+
+    A call whose timestep is still on its way from the GPU (DeferredScalar) is *pending*: blocks
+    before the probe run unaffected, and the engine places it in its run/step/branch just before
+    the decision (`CacheEngine.place`)."""
 
     __slots__ = ("run", "step", "branch", "branch_key", "reuse", "decided", "probe_base", "probe_base_version", "probe_owned",
-                 "seg_in", "seg_in_versions", "seg_out", "progress", "timestep")
+                 "seg_in", "seg_in_versions", "seg_out", "progress", "timestep", "pending")
 
-    def __init__(self, run, step: int, branch: BranchState, branch_key: Hashable, progress: float, timestep) -> None:
-        self.run = run
-        self.step = step
-        self.branch = branch
-        self.branch_key = branch_key
+    def __init__(self, pending: tuple) -> None:
+        self.pending: Optional[tuple] = pending  # (timestep, branch_key, signature, total_steps, step_index) until placed
+        self.run = None
+        self.step = -1
+        self.branch: Optional[BranchState] = None
+        self.branch_key: Hashable = None
         self.reuse = False
         self.decided = False
         self.probe_base: Optional[torch.Tensor] = None
@@ -86,8 +117,8 @@ class CallState:
         self.seg_in: Dict[int, Dict[str, torch.Tensor]] = {}
         self.seg_in_versions: Dict[int, Dict[str, int]] = {}
         self.seg_out: Dict[int, Dict[str, Optional[torch.Tensor]]] = {}
-        self.progress = progress
-        self.timestep = timestep
+        self.progress = 0.0
+        self.timestep: Optional[float] = None
 
 
 class CacheEngine:
@@ -162,11 +193,26 @@ class CacheEngine:
 
     # -- calls ------------------------------------------------------------------------------------
     @_eager
-    def begin_call(self, timestep: Optional[float], branch_key: Optional[Hashable], signature: tuple, *,
+    def begin_call(self, timestep: Union[float, None, DeferredScalar], branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None) -> Optional[CallState]:
-        """Place a call in its run/step/branch; None when the engine is disabled."""
+        """Open a call; None when the engine is disabled. A float/None timestep places the call in
+        its run/step/branch now; a DeferredScalar one when the decision needs it (`place`)."""
         if not self.enabled:
             return None
+        call = CallState((timestep, branch_key, signature, total_steps, step_index))
+        self.current = call
+        if not isinstance(timestep, DeferredScalar) or self.fn == 0 or self.step_level:
+            self.place(call)
+        return call
+
+    def place(self, call: CallState) -> None:
+        """Place a pending call in its run, step and branch (once; later calls do nothing)."""
+        if call.pending is None:
+            return
+        timestep, branch_key, signature, total_steps, step_index = call.pending
+        call.pending = None
+        if isinstance(timestep, DeferredScalar):
+            timestep = timestep.read()
         with self.lock:
             previous_run = self.tracker.run
             if total_steps is None:
@@ -185,9 +231,9 @@ class CacheEngine:
                 branch.signature = signature
             branch.begin_step(step)
             run.executed_calls += 1
-            call = CallState(run, step, branch, key, run.progress(timestep), timestep)
-            self.current = call
-            return call
+            call.run, call.step, call.branch, call.branch_key = run, step, branch, key
+            call.progress = run.progress(timestep)
+            call.timestep = timestep
 
     def run_call(self, call: CallState, fn):
         """Run the model call placed by `begin_call`, then close it (as failed on an exception)."""
@@ -208,8 +254,9 @@ class CacheEngine:
             self.current = None
         if failed:
             with self.lock:
-                call.branch.clear_buffers()
-                self.tracker.abort()
+                if call.branch is not None:
+                    call.branch.clear_buffers()
+                self.tracker.abort()  # a call that failed before it was placed never touched a branch
             return
         if not call.decided:
             # A model call that never reached the probe (no blocks ran): count it as computed.
@@ -336,6 +383,7 @@ class CacheEngine:
         return all(seg in branch.residuals for seg in range(len(self.segments)))
 
     def _decide(self, call: CallState, probe: Optional[torch.Tensor]) -> None:
+        self.place(call)
         branch = call.branch
         step = call.step
 

@@ -12,16 +12,17 @@ import dataclasses
 import functools
 import inspect
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from .blocks import BlockIO
-from .engine import ROLE_FIRST, ROLE_MID, ROLE_PROBE, ROLE_SEG_FIRST, ROLE_SEG_LAST, CacheEngine
+from .engine import ROLE_FIRST, ROLE_MID, ROLE_PROBE, ROLE_SEG_FIRST, ROLE_SEG_LAST, CacheEngine, DeferredScalar
 
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time_step")
 MAIN_INPUT_NAMES = ("hidden_states", "x", "sample", "latents", "img")
+DEFERRED_TIMESTEP_DEVICES = ("cuda",)  # timesteps read without a GPU drain (tests add "cpu" to run that path)
 
 
 def _set_forward(module: nn.Module, fn: Callable) -> None:
@@ -33,13 +34,16 @@ def _restore_forward(module: nn.Module) -> None:
         del module.__dict__["forward"]
 
 
-def _scalar(value: Any) -> Optional[float]:
-    """First element of a timestep argument as a float (one host read when it lives on a GPU)."""
+def _scalar(value: Any) -> Union[float, None, DeferredScalar]:
+    """First element of a timestep argument: a float, or for a CUDA tensor a DeferredScalar (a
+    queued copy, read at the decision: no GPU drain at the start of every call)."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
         if value.numel() == 0:
             return None
+        if value.device.type in DEFERRED_TIMESTEP_DEVICES:
+            return DeferredScalar(value)
         return float(value.reshape(-1)[0].item())
     if isinstance(value, (int, float)):
         return float(value)
