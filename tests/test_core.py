@@ -479,7 +479,18 @@ def test_taylorseer_extrapolates_polynomials_exactly():
     for step in (2, 4):  # value = 3 * step, computed every other step
         first.update(torch.full((2,), 3.0 * step), step)
     assert torch.equal(first.predict(5), torch.full((2,), 15.0))
-    assert torch.equal(first.add_prediction(torch.ones(2), 7), torch.full((2,), 22.0))
+    assert torch.equal(first.add_prediction(torch.ones(2), 6), torch.full((2,), 19.0))
+    # never further than the span the difference was measured over (2 steps): the last value
+    assert torch.equal(first.predict(7), torch.full((2,), 12.0))
+    assert torch.equal(first.add_prediction(torch.ones(2), 7), torch.full((2,), 13.0))
+    adjacent = TaylorSeries(order=1)
+    for step in (0, 1):  # a slope measured over one step extrapolates one step only
+        adjacent.update(torch.tensor([float(step)]), step)
+    assert adjacent.predict(2).item() == 2.0 and adjacent.predict(3).item() == 1.0
+    in_place = TaylorSeries(order=1)  # the engine's in-place path keeps the same span rule
+    for step in (0, 1, 4):
+        in_place.update_residual(torch.tensor([2.0 * step + 1.0]), torch.ones(1), step)
+    assert in_place.span == 3 and in_place.predict(7).item() == 14.0 and in_place.predict(8).item() == 8.0
     second = TaylorSeries(order=2)
     for step in (0, 1, 2):  # value = step**2: second differences recover it one step ahead
         second.update(torch.tensor([float(step * step)]), step)
