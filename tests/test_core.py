@@ -491,6 +491,25 @@ def test_taylorseer_extrapolates_polynomials_exactly():
     for step in (0, 1, 4):
         in_place.update_residual(torch.tensor([2.0 * step + 1.0]), torch.ones(1), step)
     assert in_place.span == 3 and in_place.predict(7).item() == 14.0 and in_place.predict(8).item() == 8.0
+
+
+def test_taylorseer_in_place_update_reuses_its_two_buffers_and_matches_the_plain_update():
+    from cachedit.manager.taylorseer import TaylorSeries
+
+    g = torch.Generator().manual_seed(0)
+    fused, plain = TaylorSeries(order=1), TaylorSeries(order=1)
+    buffers = None
+    for step in (0, 1, 3, 7, 8):
+        out, base = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+        fused.update_residual(out, base, step)
+        plain.update(out - base, step)
+        if step == 3:
+            buffers = {t.data_ptr() for t in fused.terms}
+        elif buffers is not None:
+            assert {t.data_ptr() for t in fused.terms} == buffers  # no new hidden-sized tensor per step
+        assert torch.allclose(fused.predict(step + 1), plain.predict(step + 1), atol=1e-6)
+        x = torch.randn(4, 8, generator=g)
+        assert torch.allclose(fused.add_prediction(x, step + 1), x + plain.predict(step + 1), atol=1e-6)
     second = TaylorSeries(order=2)
     for step in (0, 1, 2):  # value = step**2: second differences recover it one step ahead
         second.update(torch.tensor([float(step * step)]), step)
