@@ -266,6 +266,8 @@ def result_from_markdown(path: str, series_of: Optional[Dict[str, str]] = None) 
                 r.best_of = float(cells["best-of"].rstrip("x"))
             r.psnr = math.inf if cells["PSNR dB"] == "inf" else float(cells["PSNR dB"])
             r.compute = float(cells["block compute"].rstrip("%")) / 100
+            if cells.get("digit acc", "n/a") != "n/a":
+                r.acc = float(cells["digit acc"])
         rows.append(r)
     return BundledResult(steps=steps, batch=batch, rows=rows, baseline_times=[], acc_ref=float(acc.group(1)) if acc else 1.0,
                          info={})

@@ -62,7 +62,19 @@ def ours_rows(sweep: str) -> List[M.Method]:
     rows += [M.ours_adaptive(t, order=1) for t in ts1]
     rows += [M.ours_adaptive(t, order=2) for t in ts2]
     rows += [M.ours_adaptive(t, warmup=w, mc=mc, fn=fn, bn=bn, order=1, series=var) for t, w, mc, fn, bn in variations]
+    # The same knobs as the tuned cache-dit rows below (same decisions: a like-for-like check of the reuse itself)
+    rows += [M.ours_adaptive(t, warmup=w, mc=mc, order=o, series="ours adaptive+TaylorSeer o2") for t, w, mc, o in TUNED_F1]
+    # Fn=0: the decision reads block 0's input, so a reused step runs no block at all (cache-dit requires Fn >= 1)
+    rows += [M.ours_adaptive(t, warmup=w, mc=mc, fn=0, order=1, series="ours F0 probe+TaylorSeer") for t, w, mc in F0_ROWS]
     return rows
+
+
+# (threshold, warmup, max_continuous_cached_steps, TaylorSeer order): cache-dit's fastest settings at >= 40 dB found by
+# a quality-only grid over R {0.4, 0.6} x W {1, 2, 3} x MC {3, 4, 5, 6, 8} x order {1, 2} (28 steps: W2 MC4 o2, 31% of
+# the block compute; 50 steps: W1 MC8 o2, 23%), plus W3 MC3 o2 and W2 MC6 o2.
+TUNED_F1 = ((0.4, 2, 4, 2), (0.4, 1, 8, 2), (0.4, 3, 3, 2), (0.4, 2, 6, 2))
+# Our Fn=0 rows (threshold, warmup, max_continuous_cached_steps), TaylorSeer order 1.
+F0_ROWS = ((0.16, 2, 4), (0.2, 1, 5), (0.16, 2, 6), (0.16, 1, 8))
 
 
 def cache_dit_rows(sweep: str) -> List[M.Method]:
@@ -79,6 +91,8 @@ def cache_dit_rows(sweep: str) -> List[M.Method]:
     rows += [M.cache_dit_method(f"cache-dit F1B0 R{t:g} TS1", "cache-dit F1B0+TaylorSeer", threshold=t, order=1) for t in f1ts]
     rows += [M.cache_dit_method(f"cache-dit F1B0 R{t:g} W{w} MC{mc} TS1", "cache-dit F1B0+TaylorSeer, our W/MC knobs",
                                 threshold=t, warmup=w, mc=mc, order=1) for t, w, mc in same]
+    rows += [M.cache_dit_method(f"cache-dit F1B0 R{t:g} W{w} MC{mc} TS{o}", "cache-dit F1B0+TaylorSeer, our W/MC knobs",
+                                threshold=t, warmup=w, mc=mc, order=o) for t, w, mc, o in TUNED_F1]
     rows += [M.cache_dit_method(f"cache-dit mask {p} (static)", "cache-dit masks", threshold=0.08, mask_policy=p,
                                 mask_static=True) for p in masks]
     return rows
@@ -266,6 +280,11 @@ def run(args: argparse.Namespace, model: Any = None, model_note: str = "", log: 
             with open(path, "w") as f:
                 f.write(text)
             log(f"wrote {path}")
+    if write and os.path.abspath(args.out) == os.path.abspath(RESULTS_DIR) and not args.quick:
+        from .readme import update_readme
+
+        update_readme(results_dir=args.out)
+        log("README.md performance section regenerated from benchmarks/results/")
     out["elapsed_s"] = time.perf_counter() - t_start
     log(f"total {out['elapsed_s']:.0f} s")
     return out

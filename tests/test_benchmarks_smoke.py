@@ -45,6 +45,21 @@ def test_quick_path_produces_the_expected_table(tmp_path):
     text = results_markdown(res, out["info"])
     assert "### Targets at 6 steps" in text and "Machine:" in text
 
+    # The README section is written from such tables: the rows it quotes must carry the table's numbers.
+    from benchmarks.readme import END, START, section, update_readme
+
+    (tmp_path / "results_6.md").write_text(text)
+    body = section(str(tmp_path))
+    default = by_name[expected[2]]
+    assert f"| 6 steps | wall speedup |" in body
+    assert f"{default.speedup:.2f}x" in body and f"{default.psnr:.1f} dB" in body
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold numbers\n{END}\noutro\n")
+    assert update_readme(str(readme), str(tmp_path)) is True
+    new = readme.read_text()
+    assert "old numbers" not in new and new.startswith("intro\n") and new.endswith(f"{END}\noutro\n")
+    assert update_readme(str(readme), str(tmp_path)) is False  # idempotent
+
 
 def test_tiny_scaling_row():
     rows = run_scaling(hidden=32, heads=2, double=1, single=1, tokens=(16,), txt_tokens=4, steps=4, batch=1, repeats=1,
