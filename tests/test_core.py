@@ -41,6 +41,22 @@ def test_fixed_schedule_computes_exactly_the_expected_blocks(tiny_flux):
     counter.close()
 
 
+@pytest.mark.parametrize("strategy", ["fixed", "adaptive"])
+def test_fn0_reused_steps_run_no_block_at_all(tiny_flux, strategy):
+    ref = sample(tiny_flux, steps=8)
+    counter = BlockCounter(tiny_flux)
+    cfg = DBCacheConfig(Fn_compute_blocks=0, Bn_compute_blocks=0, residual_diff_threshold=0.99, max_warmup_steps=2,
+                        max_continuous_cached_steps=1)
+    cachedit.enable_cache(tiny_flux, cfg, strategy=strategy, skip_interval=2, warmup_steps=2)
+    out = sample(tiny_flux, steps=8)
+    stats = cachedit.summary(tiny_flux, logging=False)[0]
+    assert stats.cached_steps == ([3, 5, 7] if strategy == "fixed" else [2, 4, 6])
+    assert all(counter.counts[i] == 5 for i in range(6))  # 8 steps - 3 reused, block 0 included
+    assert stats.blocks_computed == 5 * 6 and stats.blocks_skipped == 3 * 6
+    assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=0.5)  # reused, and still close
+    counter.close()
+
+
 def test_fixed_with_bn_blocks_runs_the_tail(tiny_flux):
     counter = BlockCounter(tiny_flux)
     cachedit.enable_cache(tiny_flux, DBCacheConfig(Fn_compute_blocks=2, Bn_compute_blocks=1), strategy="fixed",

@@ -154,6 +154,9 @@ class TorchHooks:
             inputs = io.read_inputs(args, kwargs) if (input_roles or io.output_kind is None) else None
             if input_roles:
                 engine.block_input(call, index, inputs)
+                if is_mid and call.reuse and io.output_kind is not None:
+                    # Fn=0: block 0's input decided to reuse, so block 0 itself is skipped too
+                    return io.make_output(engine.reused_segment(call, index))
             out = original(*args, **kwargs)
             if io.output_kind is None:
                 io.learn_output(out, inputs or {})
