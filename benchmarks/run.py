@@ -65,7 +65,7 @@ def ours_rows(sweep: str) -> List[M.Method]:
     # The same knobs as the tuned cache-dit rows below (same decisions: a like-for-like check of the reuse itself)
     rows += [M.ours_adaptive(t, warmup=w, mc=mc, order=o, series="ours adaptive+TaylorSeer o2") for t, w, mc, o in TUNED_F1]
     # Fn=0: the decision reads block 0's input, so a reused step runs no block at all (cache-dit requires Fn >= 1)
-    rows += [M.ours_adaptive(t, warmup=w, mc=mc, fn=0, order=1, series="ours F0 probe+TaylorSeer") for t, w, mc in F0_ROWS]
+    rows += [M.ours_adaptive(t, warmup=w, mc=mc, fn=0, order=o, series="ours F0 probe+TaylorSeer") for t, w, mc, o in F0_ROWS]
     return rows
 
 
@@ -73,8 +73,8 @@ def ours_rows(sweep: str) -> List[M.Method]:
 # a quality-only grid over R {0.4, 0.6} x W {1, 2, 3} x MC {3, 4, 5, 6, 8} x order {1, 2} (28 steps: W2 MC4 o2, 31% of
 # the block compute; 50 steps: W1 MC8 o2, 23%), plus W3 MC3 o2 and W2 MC6 o2.
 TUNED_F1 = ((0.4, 2, 4, 2), (0.4, 1, 8, 2), (0.4, 3, 3, 2), (0.4, 2, 6, 2))
-# Our Fn=0 rows (threshold, warmup, max_continuous_cached_steps), TaylorSeer order 1.
-F0_ROWS = ((0.16, 2, 4), (0.2, 1, 5), (0.16, 2, 6), (0.16, 1, 8))
+# Our Fn=0 rows (threshold, warmup, max_continuous_cached_steps, TaylorSeer order).
+F0_ROWS = ((0.16, 2, 4, 1), (0.2, 1, 5, 1), (0.16, 2, 6, 1), (0.16, 1, 8, 1), (0.4, 3, 4, 2))
 
 
 def cache_dit_rows(sweep: str) -> List[M.Method]:
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace, model: Any = None, model_note: str = "", log: 
             text = (f"# Overhead and scaling on CPU: FluxTransformer2DModel hidden {kw['hidden']} ({kw['heads']} heads), "
                     f"{kw['double']} double + {kw['single']} single blocks, random weights, batch {kw['batch']}, no CFG, "
                     f"{kw['steps']} Euler steps, {kw['txt_tokens']} text tokens, median of {kw['repeats']} interleaved rounds\n\n"
-                    f"Machine:\n{machine_block(info)}\n\n{scaling_table(rows)}\n\n"
+                    f"Machine:\n{machine_block({**info, 'model': 'random weights (see the title)'})}\n\n{scaling_table(rows)}\n\n"
                     "never-reuse = ours adaptive with threshold 1e-9 and no warmup (probe + decision + residual "
                     f"bookkeeping every step, no reuse); fixed = ours strategy='fixed' skip_interval=2 warmup={kw['warmup']}, ideal = "
                     "T_uncached / (f * T_blocks + T_non-block) with f the counted block-MAC fraction and T_non-block "
