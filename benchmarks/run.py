@@ -74,7 +74,7 @@ def ours_rows(sweep: str) -> List[M.Method]:
 # the block compute; 50 steps: W1 MC8 o2, 23%), plus W3 MC3 o2 and W2 MC6 o2.
 TUNED_F1 = ((0.4, 2, 4, 2), (0.4, 1, 8, 2), (0.4, 3, 3, 2), (0.4, 2, 6, 2))
 # Our Fn=0 rows (threshold, warmup, max_continuous_cached_steps, TaylorSeer order).
-F0_ROWS = ((0.16, 2, 4, 1), (0.2, 1, 5, 1), (0.16, 2, 6, 1), (0.16, 1, 8, 1), (0.4, 3, 4, 2))
+F0_ROWS = ((0.16, 2, 4, 1), (0.2, 1, 5, 1), (0.16, 2, 6, 1), (0.16, 1, 8, 1), (0.4, 3, 4, 2), (0.14, 2, 4, 2))
 
 
 def cache_dit_rows(sweep: str) -> List[M.Method]:

@@ -531,6 +531,13 @@ def test_taylorseer_in_place_update_reuses_its_two_buffers_and_matches_the_plain
         second.update(torch.tensor([float(step * step)]), step)
     # TaylorSeer's expansion with backward differences: 4 + 3*1 + 2*1**2/2! = 8
     assert second.predict(3).item() == pytest.approx(8.0)
+    short_then_long = TaylorSeries(order=2)  # value = step**2 seen at 0, 1, 5: the 2nd difference rests on a 1-step gap
+    for step in (0, 1, 5):
+        short_then_long.update(torch.tensor([float(step * step)]), step)
+    assert short_then_long.spans == [4, 1]
+    # k=1: both terms (25 + 6*1 + ((6-1)/4)*1/2); k=2: first difference only (25 + 6*2)
+    assert short_then_long.predict(6).item() == pytest.approx(25 + 6 + 1.25 / 2)
+    assert short_then_long.predict(7).item() == pytest.approx(25 + 12)
     shape_change = TaylorSeries(order=1)
     shape_change.update(torch.zeros(2), 0)
     shape_change.update(torch.ones(3), 1)

@@ -5,12 +5,13 @@ On each computed step the series keeps the value and finite differences up to `o
 sum_i d_i * k**i / i!, where k is the number of steps since the last computed one. The update
 is done in place with `torch.sub`/`div_` so no tensor is copied beyond the terms themselves.
 
-It never extrapolates further than the span its differences were measured over: beyond
-k > gap it returns the last value. Right after warmup the differences come from two adjacent
-early steps (gap 1), where features change fastest; stretching that slope over a 3-step reuse
-window cost ~1 dB on the bundled model (cache-dit's calibrator avoids it by accident: its step
-counter starts one step late). Later windows are measured over gap = window + 1 and extrapolate
-in full.
+A difference term is never extrapolated further than the span it was measured over: term i
+is used only while k <= the shortest gap among the updates it was built from (beyond that the
+series falls back to the lower terms, down to the last value). Right after warmup the slope comes
+from two adjacent early steps (gap 1), where features change fastest; stretching it over a 3-step
+reuse window cost ~1 dB on the bundled model, and a second difference built on it cost up to 10 dB
+(cache-dit's calibrator avoids most of this by accident: its step counter starts one step late).
+Later windows are measured over gap = window + 1 and extrapolate in full.
 """
 
 from __future__ import annotations
@@ -24,26 +25,28 @@ import torch
 class TaylorSeries:
     """Finite-difference Taylor terms of one tensor stream."""
 
-    __slots__ = ("order", "terms", "last_step", "span", "d1_scale")
+    __slots__ = ("order", "terms", "last_step", "spans", "d1_scale")
 
     def __init__(self, order: int) -> None:
         self.order = order
         self.terms: List[torch.Tensor] = []
         self.last_step: Optional[int] = None
-        self.span = 0  # steps between the last two updates: how far the differences may be extrapolated
+        self.spans: List[int] = []  # spans[i - 1]: how far terms[i] may be extrapolated (its shortest gap)
         self.d1_scale = 1.0  # terms[1] * d1_scale is the first derivative (the in-place path stores it undivided)
 
     def update(self, value: torch.Tensor, step: int) -> None:
         """Record the exact value computed at `step`."""
         new_terms = [value]
-        self.span = 0
+        spans: List[int] = []
         if self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
             gap = float(step - self.last_step)
-            self.span = step - self.last_step
             for i in range(min(self.order, len(self.terms))):
                 diff = torch.sub(new_terms[i], self.terms[i])
                 new_terms.append(diff.div_(gap) if gap != 1.0 else diff)
+                # term i + 1 rests on this gap and on every gap term i rested on
+                spans.append(step - self.last_step if i == 0 else min(step - self.last_step, self.spans[i - 1]))
         self.terms = new_terms
+        self.spans = spans
         self.d1_scale = 1.0
         self.last_step = step
 
@@ -61,8 +64,8 @@ class TaylorSeries:
             new_value = torch.sub(out, base, out=spare)
             diff = torch.sub(new_value, old_value, out=old_value)  # new - old, undivided
             self.terms = [new_value, diff]
-            self.span = step - self.last_step
-            self.d1_scale = 1.0 / self.span
+            self.spans = [step - self.last_step]
+            self.d1_scale = 1.0 / self.spans[0]
             self.last_step = step
             return new_value
         self.update(out - base, step)
@@ -71,14 +74,13 @@ class TaylorSeries:
     def add_prediction(self, base: torch.Tensor, step: int) -> torch.Tensor:
         """`base + predict(step)` in one fresh tensor (no intermediate copy of the prediction)."""
         out = torch.add(base, self.terms[0])
-        if self._extrapolates(step):
-            for term, alpha in self._alphas(step):
-                out.add_(term, alpha=alpha)
+        for term, alpha in self._alphas(step):
+            out.add_(term, alpha=alpha)
         return out
 
     def predict(self, step: int) -> torch.Tensor:
         """Extrapolate to `step` (returns the last value itself when there is nothing to extrapolate)."""
-        if not self._extrapolates(step):
+        if self.usable_terms(step) == 0:
             return self.terms[0]
         out = self.terms[0].clone()
         for term, alpha in self._alphas(step):
@@ -86,11 +88,23 @@ class TaylorSeries:
         return out
 
     def _alphas(self, step: int):
-        """(term, coefficient) of every difference term at `step`: k**i / i! (times d1_scale for i = 1)."""
-        k = float(step - self.last_step)
-        for i in range(1, len(self.terms)):
+        """(term, coefficient) of every usable difference term at `step`: k**i / i! (times d1_scale for i = 1)."""
+        n = self.usable_terms(step)
+        k = float(step - (self.last_step or 0))
+        for i in range(1, n + 1):
             yield self.terms[i], (k ** i) / math.factorial(i) * (self.d1_scale if i == 1 else 1.0)
 
-    def _extrapolates(self, step: int) -> bool:
-        """Whether `step` is within the span the differences were measured over."""
-        return len(self.terms) > 1 and self.last_step is not None and 0 < step - self.last_step <= self.span
+    @property
+    def span(self) -> int:
+        """How far the first difference may be extrapolated (0: not at all)."""
+        return self.spans[0] if self.spans else 0
+
+    def usable_terms(self, step: int) -> int:
+        """How many difference terms may extrapolate to `step`: those whose span covers it."""
+        if self.last_step is None or step <= self.last_step:
+            return 0
+        k = step - self.last_step
+        n = 0
+        while n < len(self.terms) - 1 and n < len(self.spans) and k <= self.spans[n]:
+            n += 1
+        return n
