@@ -39,12 +39,12 @@ class TaylorSeries:
         new_terms = [value]
         spans: List[int] = []
         if self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
-            gap = float(step - self.last_step)
+            gap = step - self.last_step
             for i in range(min(self.order, len(self.terms))):
                 diff = torch.sub(new_terms[i], self.terms[i])
-                new_terms.append(diff.div_(gap) if gap != 1.0 else diff)
+                new_terms.append(diff.div_(float(gap)) if gap != 1 else diff)
                 # term i + 1 rests on this gap and on every gap term i rested on
-                spans.append(step - self.last_step if i == 0 else min(step - self.last_step, self.spans[i - 1]))
+                spans.append(gap if i == 0 else min(gap, self.spans[i - 1]))
         self.terms = new_terms
         self.spans = spans
         self.d1_scale = 1.0
@@ -80,10 +80,11 @@ class TaylorSeries:
 
     def predict(self, step: int) -> torch.Tensor:
         """Extrapolate to `step` (returns the last value itself when there is nothing to extrapolate)."""
-        if self.usable_terms(step) == 0:
+        alphas = list(self._alphas(step))
+        if not alphas:
             return self.terms[0]
         out = self.terms[0].clone()
-        for term, alpha in self._alphas(step):
+        for term, alpha in alphas:
             out.add_(term, alpha=alpha)
         return out
 
