@@ -63,7 +63,7 @@ def attribute(stats: pstats.Stats) -> Dict[str, object]:
             "builtin_calls": dict(builtin_calls), "items": dict(item_callers), "clones": dict(clone_callers)}
 
 
-ENGINE_METHODS = ("begin_call", "end_call", "block_input", "block_output", "reused_segment")
+ENGINE_METHODS = ("begin_call", "end_call", "probe_input", "probe_output", "segment_input", "segment_output")
 
 
 def instrumented_run(transformer, inp) -> Dict[str, object]:

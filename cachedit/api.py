@@ -17,6 +17,7 @@ from .config import (
     GlobalConfig,
     resolve_options,
 )
+from .events import report
 from .events.stats import CacheStats
 from .manager import get_manager
 from .manager.blocks import NoBlocksFoundError
@@ -94,12 +95,7 @@ def enable_cache(
         return comfyui.enable(obj, options, name=name)
     for i, module in enumerate(_targets(obj)):
         entry = manager.accelerate_module(module, copy.deepcopy(options), name=name if i == 0 else None)
-        if not entry.block_lists:
-            logger.warning("cachedit: no transformer blocks found in %s; caching whole steps (output - input) "
-                           "instead. Pass blocks=['<list name>'] to use block-level caching.", type(module).__name__)
-        elif entry.engine.num_middle == 0:
-            logger.warning("cachedit: %s has %d blocks and Fn=%d/Bn=%d compute all of them: nothing can be reused. "
-                           "Lower Fn_compute_blocks.", entry.name, entry.engine.num_blocks, entry.engine.fn, entry.engine.bn)
+        report.warn_setup(entry.engine)
     return obj
 
 
@@ -145,13 +141,11 @@ def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any
 
 
 def _log_summary(name: str, s: CacheStats, details: bool) -> None:
-    import statistics  # noqa: PLC0415
-
     def row(label: str, cached: int, diffs: Dict[str, float]) -> None:
         values = sorted(v for v in diffs.values() if v >= 0) or [0.0]
 
         def q(p: float) -> float:
-            return round(values[min(len(values) - 1, int(p * (len(values) - 1) + 0.5))], 3)
+            return round(report.percentile(values, p), 3)
 
         logger.info("| %s | Diffs P00 | Diffs P25 | Diffs P50 | Diffs P75 | Diffs P95 | Diffs Min | Diffs Max |", label)
         logger.info("|-------------|-----------|-----------|-----------|-----------|-----------|-----------|-----------|")
@@ -168,7 +162,6 @@ def _log_summary(name: str, s: CacheStats, details: bool) -> None:
     if details:
         logger.info("Cache Steps: %d, %s", s.accumulated_cached_steps, s.cached_steps)
         logger.info("Residual Diffs: %d, %s", len(s.residual_diffs), s.residual_diffs)
-        _ = statistics
 
 
 def strify(obj: Any) -> str:

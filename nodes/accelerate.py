@@ -7,7 +7,8 @@ loader can feed accelerated and plain branches of the same workflow.
 from __future__ import annotations
 
 import cachedit
-from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS, STRATEGIES
+from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS
+from cachedit.manager.strategies import STRATEGIES
 from comfy_api.latest import io
 
 CATEGORY = "CacheDit"

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import cachedit
 from cachedit.adapters import comfyui as adapter
+from cachedit.events.report import estimated_speedup, percentile
 from comfy_api.latest import io, ui
 
 from .chart import render_chart, to_image_tensor
 
 CATEGORY = "CacheDit"
-
-
-def _percentile(values: List[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * (len(ordered) - 1) + 0.5))]
 
 
 def describe(model: Any) -> tuple:
@@ -29,8 +25,7 @@ def describe(model: Any) -> tuple:
     manager = cachedit.get_manager()
     stats = manager.snapshot(entry)
     record = manager.stats.last_record(entry.key)
-    level = "step" if engine.step_level else "block"
-    head = f"CacheDit · {entry.name} · {engine.options.strategy}, {level} level"
+    head = f"CacheDit · {entry.name} · {engine.options.strategy}, {engine.level} level"
     if not engine.step_level:
         head += f", {engine.num_blocks} blocks (Fn {engine.fn} / Bn {engine.bn}, {engine.num_middle} reusable)"
     lines = [head]
@@ -42,15 +37,14 @@ def describe(model: Any) -> tuple:
         reused_steps = {s.step for s in steps if s.reused}
         reused = sum(1 for s in steps if s.reused)
         branches = len({s.branch for s in steps})
-        share = engine.num_middle / engine.num_blocks if engine.num_blocks else 1.0
-        speedup = 1.0 / max(1e-6, 1.0 - share * reused / len(steps))
+        speedup = estimated_speedup(reused, len(steps), engine.layout.middle_share)
         lines.append(f"Last run: {len(reused_steps)}/{len(decided)} steps reused, {reused}/{len(steps)} model calls "
                      f"over {branches} branch{'es' if branches != 1 else ''}")
         lines.append(f"Estimated speedup of the transformer: {speedup:.2f}x")
         diffs = [s.diff for s in steps if s.diff is not None and s.diff >= 0]
         thresholds = [s.threshold for s in steps if s.threshold is not None]
         if diffs:
-            text = (f"Residual diff: p25 {_percentile(diffs, 0.25):.4f}, p50 {_percentile(diffs, 0.5):.4f}, "
+            text = (f"Residual diff: p25 {percentile(diffs, 0.25):.4f}, p50 {percentile(diffs, 0.5):.4f}, "
                     f"max {max(diffs):.4f}")
             if thresholds and engine.strategy.needs_probe:
                 text += f" (threshold {thresholds[-1]:.4f})"

@@ -7,10 +7,13 @@ one attribute read: no payload is built, no call is made.
 Signals and their payloads:
 - `model_registered`: name, strategy, options (CacheOptions), num_blocks, level ("block"|"step")
 - `model_released`:   name
-- `run_started`:      name, run (index), reason ("first call"|"timestep went up"|...)
-- `run_finished`:     name, run, record (RunRecord: per-step decisions and diffs)
-- `step_computed`:    name, run, step, branch, diff (float or None), blocks (computed), total_blocks
-- `cache_hit`:        name, run, step, branch, diff (float or None), blocks (computed), total_blocks
+- `run_started`:      name, run (index), reason ("first call"|"timestep went back up"|...)
+- `branch_reset`:     name, run, branch, reason (a branch's input changed shape/dtype/device: fresh buffers)
+- `run_finished`:     name, run, record (RunRecord: per-step decisions and diffs), cache_bytes, options,
+                      middle_share (share of the block compute a reused step skips)
+- `step_computed`:    name, run, step, branch, diff (float or None), threshold (float or None),
+                      blocks (computed), total_blocks
+- `cache_hit`:        the same as `step_computed`, for a reused step
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ model_registered = _bus.signal("model_registered")
 model_released = _bus.signal("model_released")
 run_started = _bus.signal("run_started")
 run_finished = _bus.signal("run_finished")
+branch_reset = _bus.signal("branch_reset")
 step_computed = _bus.signal("step_computed")
 cache_hit = _bus.signal("cache_hit")
 
-ALL_SIGNALS = (model_registered, model_released, run_started, run_finished, step_computed, cache_hit)
+ALL_SIGNALS = (model_registered, model_released, run_started, run_finished, branch_reset, step_computed, cache_hit)

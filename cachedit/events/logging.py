@@ -13,7 +13,7 @@ from typing import Any, Optional, Set
 
 import structlog
 
-from . import bus
+from . import bus, report
 
 _std = std_logging.getLogger("cachedit")
 log = structlog.wrap_logger(
@@ -21,17 +21,6 @@ log = structlog.wrap_logger(
     processors=[structlog.processors.KeyValueRenderer(key_order=["event", "model", "run", "step", "branch"], drop_missing=True)],
     wrapper_class=structlog.stdlib.BoundLogger,
 )
-
-
-def _percentiles(values: list) -> dict:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def q(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * (len(ordered) - 1) + 0.5))], 4)
-
-    return {"diff_p25": q(0.25), "diff_p50": q(0.5), "diff_p75": q(0.75), "diff_max": round(ordered[-1], 4)}
 
 
 class LogSubscriber:
@@ -46,18 +35,24 @@ class LogSubscriber:
     def set_model(self, key: int, *, debug: bool, log_runs: bool) -> None:
         """Turn the debug log / run lines of one model on or off."""
         with self._lock:
-            (self._debug.add if debug else self._debug.discard)(key)
-            (self._runs.add if (log_runs or debug) else self._runs.discard)(key)
+            if debug:
+                self._debug.add(key)
+            else:
+                self._debug.discard(key)
+            if log_runs or debug:
+                self._runs.add(key)
+            else:
+                self._runs.discard(key)
             wanted = bool(self._debug)
+        handlers = ((bus.step_computed, self._on_computed), (bus.cache_hit, self._on_hit),
+                    (bus.run_started, self._on_run_started), (bus.branch_reset, self._on_branch_reset))
         if wanted:
             _ensure_visible()
-            bus.step_computed.connect(self._on_computed)
-            bus.cache_hit.connect(self._on_hit)
-            bus.run_started.connect(self._on_run_started)
-        else:
-            bus.step_computed.disconnect(self._on_computed)
-            bus.cache_hit.disconnect(self._on_hit)
-            bus.run_started.disconnect(self._on_run_started)
+        for signal, handler in handlers:
+            if wanted:
+                signal.connect(handler)
+            else:
+                signal.disconnect(handler)
 
     def forget(self, key: int) -> None:
         """Drop a released model."""
@@ -81,6 +76,11 @@ class LogSubscriber:
         if key in self._debug:
             log.debug("cachedit.run_started", model=p.get("name"), run=p.get("run"), reason=p.get("reason"))
 
+    def _on_branch_reset(self, key: int, **p: Any) -> None:
+        if key in self._debug:
+            log.debug("cachedit.branch_reset", model=p.get("name"), run=p.get("run"), branch=p.get("branch"),
+                      reason=p.get("reason"))
+
     def _on_run_finished(self, key: int, **p: Any) -> None:
         if key not in self._runs:
             return
@@ -92,14 +92,10 @@ class LogSubscriber:
         total = len(steps)
         reused = sum(1 for s in steps if s.reused)
         options = p.get("options")
-        num_middle_share = p.get("middle_share", None)
-        speedup = None
-        if total:
-            share = num_middle_share if num_middle_share is not None else 1.0
-            speedup = round(1.0 / max(1e-6, 1.0 - share * reused / total), 2)
+        speedup = round(report.estimated_speedup(reused, total, p.get("middle_share", 1.0)), 2) if total else None
         log.info("cachedit.run", model=p.get("name"), run=p.get("run"),
                  reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
-                 est_speedup=speedup, strategy=getattr(options, "strategy", None), **_percentiles(diffs))
+                 est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs))
 
 
 def _ensure_visible() -> None:

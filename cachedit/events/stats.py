@@ -98,11 +98,10 @@ class StatsAggregator:
     def _on_run_started(self, key: int, *, name: str, run: int, **_: Any) -> None:
         with self._lock:
             c = self._counters(key, name)
-            if run != c.run_index:
-                c.run_index = run
-                c.runs += 1
-                c.last_cached = {}
-                c.last_diffs = {}
+            c.run_index = run
+            c.runs += 1
+            c.last_cached = {}
+            c.last_diffs = {}
 
     def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0, **_: Any) -> None:
         with self._lock:

@@ -5,9 +5,10 @@ the order the model registered them; otherwise the largest list of identical mod
 like transformer blocks. Refiner lists that run on separate streams before the main stack
 (Lumina2's noise/context refiners) are never picked.
 
-`BlockIO` maps a block's arguments and outputs to named streams ("hidden", "encoder"). It uses
-diffusers' own block registry when the class is registered there and otherwise learns the
-output layout from the first computed call, matching outputs to inputs by shape.
+`BlockIO` maps a block's arguments and outputs to named streams ("hidden", "encoder"): the
+stream codec of the block protocol for plain PyTorch blocks. It uses diffusers' own block registry
+when the class is registered there and otherwise learns the output layout from the first computed
+call, matching outputs to inputs by shape.
 """
 
 from __future__ import annotations
@@ -136,6 +137,15 @@ class BlockIO:
         self.output_index = {"hidden": meta.return_hidden_states_index, "encoder": meta.return_encoder_hidden_states_index}
         self.output_len = 2
 
+    @property
+    def ready(self) -> bool:
+        """Whether the output layout is known (from diffusers' registry or a first computed call)."""
+        return self.output_kind is not None
+
+    def learn(self, output: Any, args: tuple, kwargs: dict) -> None:
+        """Learn the output layout from a computed call's arguments and output."""
+        self.learn_output(output, self.read_inputs(args, kwargs))
+
     def read_inputs(self, args: tuple, kwargs: dict) -> Dict[str, Optional[torch.Tensor]]:
         """The input streams of one call."""
         streams: Dict[str, Optional[torch.Tensor]] = {}
@@ -183,8 +193,8 @@ class BlockIO:
             return {"hidden": output}
         return {s: output[i] for s, i in self.output_index.items()}
 
-    def make_output(self, streams: Dict[str, Optional[torch.Tensor]], template: Any = None) -> Any:
-        """Build what the block would have returned, from streams."""
+    def make_output(self, streams: Dict[str, Optional[torch.Tensor]], args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        """Build what the block would have returned, from streams (the arguments are not needed here)."""
         if self.output_kind == "tensor":
             return streams["hidden"]
         if self.output_kind == "dict":

@@ -62,7 +62,7 @@ class CacheManager:
 
     # -- registration ---------------------------------------------------------------------------
     def register(self, model: Any, engine: CacheEngine, detach: Callable[[], None], block_lists: List[str],
-                 level: str, rehook: Optional[Callable[[], None]] = None) -> ModelEntry:
+                 rehook: Optional[Callable[[], None]] = None) -> ModelEntry:
         """Track `model` with its engine; replaces any previous registration of the same object."""
         key = id(model)
         with self._lock:
@@ -75,7 +75,7 @@ class CacheManager:
         self.logs.set_model(key, debug=engine.options.debug, log_runs=engine.options.log_runs)
         if bus.model_registered.receivers:
             bus.model_registered.send(key, name=engine.name, strategy=engine.options.strategy, options=engine.options,
-                                      num_blocks=engine.num_blocks, level=level)
+                                      num_blocks=engine.num_blocks, level=engine.level)
         return entry
 
     def accelerate_module(self, module: nn.Module, options: CacheOptions, name: Optional[str] = None) -> ModelEntry:
@@ -90,8 +90,7 @@ class CacheManager:
             engine.enabled = False
             hooks.remove()
 
-        return self.register(module, engine, detach, [n for n, _ in lists], "block" if lists else "step",
-                             rehook=hooks.install)
+        return self.register(module, engine, detach, [n for n, _ in lists], rehook=hooks.install)
 
     def release(self, model: Any) -> bool:
         """Undo the hooks of `model` and forget it. False when it was not tracked."""
@@ -139,7 +138,7 @@ class CacheManager:
                                "calibrator_config": entry.engine.options.calibrator_config,
                                "strategy": entry.engine.options.strategy}
         stats.strategy = entry.engine.options.strategy
-        stats.level = "step" if entry.engine.step_level else "block"
+        stats.level = entry.engine.level
         stats.cache_bytes = max(stats.cache_bytes, entry.engine.buffer_bytes())
         return stats
 

@@ -14,6 +14,8 @@ from typing import Any, Dict, Hashable, List, Optional
 
 import torch
 
+from .buffers import tensor_bytes
+
 
 @dataclasses.dataclass
 class StepRecord:
@@ -96,11 +98,7 @@ class BranchState:
             tensors.extend(streams.values())
         for series in self.taylor.values():
             tensors.extend(series.terms)
-        seen = {}
-        for t in tensors:
-            if isinstance(t, torch.Tensor):
-                seen[(t.device, t.data_ptr())] = t.numel() * t.element_size()  # aliases count once
-        return sum(seen.values())
+        return tensor_bytes(tensors)
 
 
 @dataclasses.dataclass
@@ -163,6 +161,12 @@ class RunTracker:
     def refresh(self) -> None:
         """Make the next call start a new run."""
         self._force_new = True
+
+    def close(self) -> Optional[RunState]:
+        """End the current run now (the next call starts a new one); returns the run it ended."""
+        run, self.run = self.run, None
+        self._force_new = True
+        return run
 
     def _new_run(self, reason: str, timestep: Optional[float], total_steps: Optional[int]) -> RunState:
         self.run = RunState(index=self.runs_started, step=0, first_timestep=timestep, last_timestep=timestep,

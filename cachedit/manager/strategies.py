@@ -1,70 +1,92 @@
 """Strategies: per step and per branch, compute or reuse.
 
 A strategy sees the branch's counters, the step, the sampling progress and (for `adaptive`) a
-callable that measures the probe's change; it returns (reuse, diff). Only `adaptive` measures,
-so only it pays the one GPU->CPU sync a decision needs; `fixed` and `dynamic` decide from the
-step alone and never sync.
+callable that measures the probe's change; it returns a `Decision` and changes nothing: the
+decider records it. Only `adaptive` measures, so only it pays the one GPU->CPU sync a decision
+needs; `fixed` and `dynamic` decide from the step alone and never sync. Whether a reuse is
+possible at all (a computed step with every residual kept) is the engine's business, not theirs.
+
+Shared conditions every strategy honours, each computed once from the config: warmup (cache-dit's
+rule: `max_warmup_steps`, every `warmup_interval`-th, truncated by a steps mask's leading ones),
+the sampling window (start/end percent), the steps mask, and the caps (total, consecutive,
+accumulated diff).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import dataclasses
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Type
 
-from ..config import CacheOptions
 from .state import BranchState
 
-DiffFn = Callable[[], Optional[float]]  # None: nothing to compare against (no computed step yet)
-Decision = Tuple[bool, Optional[float]]
+if TYPE_CHECKING:
+    from ..config import CacheOptions
+
+Measure = Callable[[], Optional[float]]  # the probe's relative change; None: nothing to compare against
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a strategy decided for one (step, branch)."""
+
+    reuse: bool
+    diff: Optional[float] = None  # the measured change (None: not measured)
+    recorded: Optional[float] = None  # what residual_diffs keeps for the step (cache-dit's -0.0 / -1.0 markers)
+
+
+COMPUTE = Decision(False)
+REUSE = Decision(True)
 
 
 class Strategy:
-    """Base: warmup, the sampling window, steps masks and the caps every strategy honours."""
+    """Base: the shared conditions; subclasses decide what is left in `choose`."""
 
     name = "base"
-    needs_probe = False
+    needs_probe = False  # True: decisions read the probe (the engine keeps it, and pays one sync per decision)
 
-    def __init__(self, options: CacheOptions) -> None:
+    def __init__(self, options: "CacheOptions") -> None:
         self.options = options
-        self.config = options.cache_config
-
-    # -- shared gates -------------------------------------------------------------------------
-    def warmup_steps(self) -> range:
-        """Steps that always compute (cache-dit's rule: a truncated by the mask's leading ones)."""
-        cfg = self.config
+        cfg = self.config = options.cache_config
         limit = cfg.max_warmup_steps
-        if cfg.steps_computation_mask is not None:
-            leading = 0
-            for m in cfg.steps_computation_mask:
-                if m != 1:
-                    break
-                leading += 1
+        mask = cfg.steps_computation_mask
+        if mask is not None:
+            leading = next((i for i, m in enumerate(mask) if m != 1), len(mask))
             limit = min(limit, leading)
-        return range(0, limit, cfg.warmup_interval)
-
-    def gate(self, branch: BranchState, step: int, progress: float) -> Optional[bool]:
-        """True/False when a shared rule settles the decision, None to let the strategy decide."""
-        cfg = self.config
-        if step in self.warmup_steps():
-            return False
-        if not (self.options.start_percent <= progress <= self.options.end_percent):
-            return False
-        if cfg.steps_computation_mask is not None:
-            mask = cfg.steps_computation_mask
-            if step < len(mask) and mask[step] == 1:
-                return False
-            if cfg.steps_computation_policy == "static":
-                return branch.last_computed_step >= 0
-        if cfg.max_cached_steps >= 0 and len(branch.cached_steps) >= cfg.max_cached_steps:
-            return False
-        if cfg.max_continuous_cached_steps >= 0 and branch.continuous_cached_steps >= cfg.max_continuous_cached_steps:
-            return False
+        self.warmup = range(0, limit, cfg.warmup_interval)
+        self.first_step_after_warmup = self.warmup[-1] + 1 if self.warmup else 0
+        self.compute_by_mask = frozenset(i for i, m in enumerate(mask) if m == 1) if mask is not None else frozenset()
+        self.static_mask = mask is not None and cfg.steps_computation_policy == "static"
         acc = cfg.max_accumulated_residual_diff_threshold
-        if acc is not None and acc > 0.0 and branch.accumulated_residual_diff >= acc:
-            return False
-        return None
+        self.accumulated_cap = acc if acc is not None and acc > 0.0 else None
 
-    def decide(self, branch: BranchState, step: int, progress: float, diff_fn: DiffFn) -> Decision:
-        """Return (reuse, measured diff or None)."""
+    # -- shared conditions ------------------------------------------------------------------------
+    def in_warmup(self, step: int) -> bool:
+        return step in self.warmup
+
+    def outside_window(self, progress: float) -> bool:
+        return not (self.options.start_percent <= progress <= self.options.end_percent)
+
+    def capped(self, branch: BranchState) -> bool:
+        """A cap on reuse is reached: total reused steps, reused steps in a row, accumulated diff."""
+        cfg = self.config
+        if 0 <= cfg.max_cached_steps <= len(branch.cached_steps):
+            return True
+        if 0 <= cfg.max_continuous_cached_steps <= branch.continuous_cached_steps:
+            return True
+        return self.accumulated_cap is not None and branch.accumulated_residual_diff >= self.accumulated_cap
+
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
+        """Compute or reuse at `step` (no side effects)."""
+        if self.in_warmup(step) or self.outside_window(progress) or step in self.compute_by_mask:
+            return COMPUTE
+        if self.static_mask:
+            return REUSE  # a static mask reuses every step it does not mark (caps do not apply, as in cache-dit)
+        if self.capped(branch):
+            return COMPUTE
+        return self.choose(branch, step, progress, measure)
+
+    def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
+        """The strategy's own rule, once every shared condition allows a reuse."""
         raise NotImplementedError
 
 
@@ -73,15 +95,9 @@ class FixedStrategy(Strategy):
 
     name = "fixed"
 
-    def decide(self, branch: BranchState, step: int, progress: float, diff_fn: DiffFn) -> Decision:
-        gated = self.gate(branch, step, progress)
-        if gated is not None:
-            return gated and branch.last_computed_step >= 0, None
-        if branch.last_computed_step < 0:
-            return False, None
+    def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         k = self.options.skip_interval
-        first = len(self.warmup_steps()) and self.warmup_steps()[-1] + 1
-        return (step - first) % k == k - 1, None
+        return Decision((step - self.first_step_after_warmup) % k == k - 1)
 
 
 class DynamicStrategy(Strategy):
@@ -90,14 +106,9 @@ class DynamicStrategy(Strategy):
 
     name = "dynamic"
 
-    def decide(self, branch: BranchState, step: int, progress: float, diff_fn: DiffFn) -> Decision:
-        gated = self.gate(branch, step, progress)
-        if gated is not None:
-            return gated and branch.last_computed_step >= 0, None
-        if branch.last_computed_step < 0:
-            return False, None
-        budget = int(progress * self.options.skip_interval + 0.5)
-        return branch.continuous_cached_steps < budget, None
+    def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
+        allowed = int(progress * self.options.skip_interval + 0.5)
+        return Decision(branch.continuous_cached_steps < allowed)
 
 
 class AdaptiveStrategy(Strategy):
@@ -107,27 +118,22 @@ class AdaptiveStrategy(Strategy):
     name = "adaptive"
     needs_probe = True
 
-    def decide(self, branch: BranchState, step: int, progress: float, diff_fn: DiffFn) -> Decision:
-        gated = self.gate(branch, step, progress)
-        if gated is not None:
-            return gated, None
+    def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         threshold = float(self.config.residual_diff_threshold)
         if threshold <= 0.0:
-            branch.record_diff(step, -0.0)
-            return False, None
+            return Decision(False, recorded=-0.0)
         if threshold >= 1.0:
-            branch.record_diff(step, -1.0)
-            return branch.last_computed_step >= 0, None
-        diff = diff_fn()
+            return Decision(True, recorded=-1.0)
+        diff = measure()
         if diff is None:
-            return False, None
-        branch.record_diff(step, diff)
-        return diff < threshold, diff
+            return COMPUTE
+        return Decision(diff < threshold, diff=diff, recorded=diff)
 
 
-STRATEGY_CLASSES = {cls.name: cls for cls in (FixedStrategy, DynamicStrategy, AdaptiveStrategy)}
+STRATEGIES: Dict[str, Type[Strategy]] = {cls.name: cls for cls in (FixedStrategy, DynamicStrategy, AdaptiveStrategy)}
+"""The one registry of strategy names (validation and the nodes read it)."""
 
 
-def make_strategy(options: CacheOptions) -> Strategy:
+def make_strategy(options: "CacheOptions") -> Strategy:
     """The strategy object for `options.strategy`."""
-    return STRATEGY_CLASSES[options.strategy](options)
+    return STRATEGIES[options.strategy](options)

@@ -2,8 +2,9 @@
 
 The model's own forward runs unchanged; we only set an instance attribute `forward` on the
 model (to place each call in a run/step/branch) and on the few blocks the engine needs (block 0,
-block Fn-1, the middle blocks). Removing the attributes restores the class's forward exactly,
-and the state_dict is untouched (no wrapper modules).
+block Fn-1, the middle blocks): the block protocol (protocol.py) with `BlockIO` translating
+arguments to streams. Removing the attributes restores the class's forward exactly, and the
+state_dict is untouched (no wrapper modules).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 from torch import nn
 
 from .blocks import BlockIO
-from .engine import ROLE_FIRST, ROLE_MID, ROLE_PROBE, ROLE_SEG_FIRST, ROLE_SEG_LAST, CacheEngine, DeferredScalar
+from .calls import DeferredScalar
+from .engine import CacheEngine
+from .protocol import block_forward
 
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time_step")
 MAIN_INPUT_NAMES = ("hidden_states", "x", "sample", "latents", "img")
@@ -136,35 +139,8 @@ class TorchHooks:
 
     # -- block level -----------------------------------------------------------------------------
     def _block_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
-        engine = self.engine
-        role = engine.roles[index]
-        io = BlockIO(block)
-        input_roles = role & (ROLE_FIRST | ROLE_SEG_FIRST)
-        output_roles = role & (ROLE_PROBE | ROLE_SEG_LAST)
-        is_mid = role & ROLE_MID
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            call = engine.current
-            if call is None:
-                return original(*args, **kwargs)
-            if is_mid and call.reuse:
-                if role & ROLE_SEG_FIRST:
-                    engine.block_input(call, index, io.read_inputs(args, kwargs))
-                return io.make_output(engine.reused_segment(call, index))
-            inputs = io.read_inputs(args, kwargs) if (input_roles or io.output_kind is None) else None
-            if input_roles:
-                engine.block_input(call, index, inputs)
-                if is_mid and call.reuse and io.output_kind is not None:
-                    # Fn=0: block 0's input decided to reuse, so block 0 itself is skipped too
-                    return io.make_output(engine.reused_segment(call, index))
-            out = original(*args, **kwargs)
-            if io.output_kind is None:
-                io.learn_output(out, inputs or {})
-            if output_roles:
-                engine.block_output(call, index, io.read_outputs(out))
-            return out
-
-        return forward
+        """The block protocol with `BlockIO` as codec and the class forward as the original."""
+        return block_forward(self.engine, index, BlockIO(block), original)
 
 
 def _main_output(out: Any) -> torch.Tensor:

@@ -1,0 +1,233 @@
+"""ComfyUI hooks: the model-level wrappers and the block patches of one engine, installed on and
+removed from a ModelPatcher through ComfyUI's official extension points only.
+
+* a keyed `WrappersMP.OUTER_SAMPLE` wrapper: one sampling run = one engine run (closed before and,
+  in a `finally`, after sampling, so a cancelled run leaves nothing behind); records the sigmas;
+* a keyed `WrappersMP.APPLY_MODEL` wrapper (runs for every model, SD3 included): opens each model
+  call with its step and CFG branch (keyed by the conditioning uuids) and, for models without
+  hookable blocks, reuses whole steps;
+* block hooks on the blocks the engine gives a role, both driving the block protocol:
+  `patches_replace["dit"]` patches where the model honours them (`ReplaceCodec`), and object
+  patches of a block's `forward` where it does not (`BlockIO`). Object patches keep state_dict
+  keys unchanged (LoRA weight patches still apply); ComfyUI restores them when it unpatches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from ...manager.blocks import BlockIO
+from ...manager.engine import CacheEngine
+from ...manager.protocol import Streams, block_forward
+from .handle import KEY, _Handle
+
+# -- block hooks ------------------------------------------------------------------------------------
+
+
+class ReplaceCodec:
+    """Streams of a `patches_replace["dit"]` patch: `args["img"]` / `args["txt"]` are the hidden /
+    encoder streams; the block returns a dict of the same keys (learned from its first output)."""
+
+    __slots__ = ("returns",)
+
+    def __init__(self) -> None:
+        self.returns: Dict[str, bool] = {}  # keys the block returns -> whether that value is None (SD3's last txt)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.returns)
+
+    def learn(self, out: dict, args: tuple, kwargs: dict) -> None:
+        self.returns.update({k: v is None for k, v in out.items()})
+
+    def read_inputs(self, args: tuple, kwargs: dict) -> Streams:
+        block_args = args[0]
+        txt = block_args.get("txt")
+        if isinstance(txt, torch.Tensor):
+            return {"hidden": block_args["img"], "encoder": txt}
+        return {"hidden": block_args["img"]}
+
+    def read_outputs(self, out: dict) -> Streams:
+        txt = out.get("txt")
+        return {"hidden": out.get("img"), "encoder": txt} if txt is not None else {"hidden": out.get("img")}
+
+    def make_output(self, streams: Streams, args: tuple, kwargs: dict) -> dict:
+        block_args = args[0]
+        out = {}
+        for key, was_none in self.returns.items():
+            if was_none:
+                out[key] = None
+            elif key == "img":
+                out[key] = streams["hidden"]
+            elif key == "txt":
+                out[key] = streams.get("encoder", block_args.get("txt"))
+            else:
+                out[key] = block_args.get(key)
+        return out
+
+
+def _replace_patch(engine: CacheEngine, index: int, previous: Optional[Callable]) -> Callable:
+    """A `patches_replace["dit"]` patch for engine block `index`; it chains `previous` (another
+    node's patch for the same block) in place of the original block."""
+
+    def run(args: dict, extra: dict) -> dict:
+        return previous(args, extra) if previous is not None else extra["original_block"](args)
+
+    patch = block_forward(engine, index, ReplaceCodec(), run)
+    patch._cachedit = True
+    patch._cachedit_previous = previous
+    return patch
+
+
+class _ForwardSignature:
+    """Stands in for a block when BlockIO reads its forward signature (the block's `forward`
+    attribute may be another clone's object patch at this moment)."""
+
+    def __init__(self, forward: Callable) -> None:
+        self.forward = forward
+
+
+def _object_forward(engine: CacheEngine, index: int, original: Callable, previous_patch: Any) -> Callable:
+    """A replacement `forward` for engine block `index` (installed as a ComfyUI object patch)."""
+    forward = block_forward(engine, index, BlockIO(_ForwardSignature(original)), original)
+    forward._cachedit = True
+    forward._cachedit_previous = previous_patch
+    return forward
+
+
+# -- model-level wrappers ---------------------------------------------------------------------------
+
+def _outer_sample_wrapper(handle: _Handle) -> Callable:
+    engine = handle.engine
+
+    def outer_sample(executor, *args, **kwargs):
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        engine.finish_run()
+        handle.set_schedule(sigmas)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            engine.finish_run()
+            handle.clear_schedule()
+
+    outer_sample._cachedit = True
+    return outer_sample
+
+
+def _branch_key(transformer_options: dict) -> Optional[tuple]:
+    uuids = transformer_options.get("uuids")
+    if uuids:
+        return tuple(uuids)
+    cond_or_uncond = transformer_options.get("cond_or_uncond")
+    if cond_or_uncond:
+        return tuple(cond_or_uncond)
+    return None
+
+
+def _apply_model_wrapper(handle: _Handle) -> Callable:
+    engine = handle.engine
+
+    def apply_model(executor, *args, **kwargs):
+        if not engine.enabled:
+            return executor(*args, **kwargs)
+        x = args[0] if args else kwargs.get("x")
+        to = args[5] if len(args) > 5 else kwargs.get("transformer_options")
+        if not isinstance(x, torch.Tensor) or not isinstance(to, dict):
+            return executor(*args, **kwargs)
+        t = args[1] if len(args) > 1 else kwargs.get("t")
+        sigmas = to.get("sigmas", t)
+        sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        step, total = handle.step_of(sigma, to)
+        call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
+                                 total_steps=total, step_index=step)
+        if call is None:
+            return executor(*args, **kwargs)
+        if engine.step_level and sigma and isinstance(t, torch.Tensor):
+            return engine.run_call(call, lambda: _step_level(engine, call, executor, args, kwargs, x, t))
+        return engine.run_call(call, lambda: executor(*args, **kwargs))
+
+    apply_model._cachedit = True
+    return apply_model
+
+
+def _step_level(engine: CacheEngine, call, executor, args: tuple, kwargs: dict, x: torch.Tensor, t: torch.Tensor):
+    """Whole-step reuse for models without hookable blocks. apply_model returns the denoised
+    latent; the engine caches the model's prediction in noise space, eps = (x - denoised) / sigma
+    (the velocity for flow models), as "output minus input", so a reused step is rescaled to its
+    own sigma: denoised = x - sigma * eps."""
+    sigma = t.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
+    holder: Dict[str, torch.Tensor] = {}
+
+    def compute() -> torch.Tensor:
+        denoised = executor(*args, **kwargs)
+        holder["out"] = denoised
+        return x + (x - denoised) / sigma
+
+    pseudo = engine.step_level_call(call, x, compute)
+    if "out" in holder:
+        return holder["out"]
+    return x - sigma * (pseudo - x)
+
+
+# -- install / remove -------------------------------------------------------------------------------
+
+def install(m: Any, handle: _Handle) -> None:
+    """Add the wrappers and block hooks of `handle` to the ModelPatcher `m`."""
+    from comfy.patcher_extension import WrappersMP  # noqa: PLC0415 (ComfyUI only inside ComfyUI)
+
+    engine = handle.engine
+    layout = handle.layout
+    m.set_attachments(KEY, handle)
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample_wrapper(handle))
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(handle))
+    if layout.mode == "step":
+        return
+    dm = m.model.diffusion_model
+    hooked = set(engine.hooked_blocks())
+    offset = 0
+    for attr, kind in layout.lists:
+        blocks = getattr(dm, attr)
+        for j in range(len(blocks)):
+            index = offset + j
+            if index not in hooked:
+                continue
+            if layout.mode == "replace":
+                to = m.model_options.get("transformer_options", {})
+                previous = to.get("patches_replace", {}).get("dit", {}).get((kind, j))
+                m.set_model_patch_replace(_replace_patch(engine, index, previous), "dit", kind, j)
+            else:
+                name = f"diffusion_model.{attr}.{j}.forward"
+                previous_patch = m.object_patches.get(name)
+                block = blocks[j]
+                original = previous_patch if previous_patch is not None else type(block).forward.__get__(block)
+                m.add_object_patch(name, _object_forward(engine, index, original, previous_patch))
+        offset += len(blocks)
+
+
+def strip(m: Any) -> None:
+    """Remove every CacheDit wrapper, block patch and attachment from the ModelPatcher `m`
+    (other nodes' patches that ours chained are put back)."""
+    from comfy.patcher_extension import WrappersMP  # noqa: PLC0415
+
+    for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.APPLY_MODEL):
+        m.remove_wrappers_with_key(wrapper_type, KEY)
+    to = m.model_options.get("transformer_options", {})
+    dit = to.get("patches_replace", {}).get("dit")
+    if dit:
+        for key, patch in list(dit.items()):
+            if getattr(patch, "_cachedit", False):
+                _unchain(dit, key, patch._cachedit_previous)
+    for name, obj in list(m.object_patches.items()):
+        if getattr(obj, "_cachedit", False):
+            _unchain(m.object_patches, name, obj._cachedit_previous)
+    m.remove_attachments(KEY)
+
+
+def _unchain(patches: dict, key: Any, previous: Any) -> None:
+    """Put back the patch ours replaced (or remove ours when there was none)."""
+    if previous is None:
+        del patches[key]
+    else:
+        patches[key] = previous

@@ -1,0 +1,182 @@
+"""What an accelerated model runs with: `CacheOptions` (resolved from cache-dit configs, legacy
+keyword arguments, CacheDit's own arguments and the process-wide `GlobalConfig`), and the tuned
+defaults used when the user passes no cache config."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+from .cache_dit import BasicCacheConfig, CalibratorConfig, DBCacheConfig, TaylorSeerCalibratorConfig
+from .validate import check_bool, check_float, check_int, fail
+
+
+def strategy_names() -> Tuple[str, ...]:
+    """The strategy names CacheDit runs (the one registry is `cachedit.manager.strategies.STRATEGIES`)."""
+    from ..manager.strategies import STRATEGIES  # noqa: PLC0415 (the manager imports this module)
+
+    return tuple(STRATEGIES)
+
+
+@dataclasses.dataclass
+class GlobalConfig:
+    """Process-wide defaults used when `enable_cache` is called without the matching argument."""
+
+    default_strategy: str = "adaptive"
+    default_skip_interval: int = 2
+    default_warmup_steps: Optional[int] = None  # None: the strategy's own default
+    default_noise_scale: float = 0.0
+    global_debug: bool = False
+
+    def validate(self) -> "GlobalConfig":
+        """Raise ValueError naming the invalid field."""
+        if self.default_strategy not in strategy_names():
+            fail("default_strategy", self.default_strategy, " | ".join(strategy_names()))
+        check_int("default_skip_interval", self.default_skip_interval, 1, 10)
+        if self.default_warmup_steps is not None:
+            check_int("default_warmup_steps", self.default_warmup_steps, 0, 1000)
+        check_float("default_noise_scale", self.default_noise_scale, 0.0, 1.0)
+        check_bool("global_debug", self.global_debug)
+        return self
+
+
+# Defaults of the `adaptive` strategy when the user passes no cache config. Chosen by the sweep in
+# benchmarks/ on the bundled model (see README "Performance"): a 1-block probe, a short warmup
+# and a cap on consecutive reuse hold quality while reusing most late steps.
+ADAPTIVE_DEFAULTS = dict(
+    Fn_compute_blocks=1,
+    Bn_compute_blocks=0,
+    residual_diff_threshold=0.24,
+    max_warmup_steps=3,
+    warmup_interval=1,
+    max_cached_steps=-1,
+    max_continuous_cached_steps=3,
+)
+ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
+
+# Legacy keyword arguments accepted by cache-dit's enable_cache, mapped to config fields.
+LEGACY_CACHE_KWARGS = (
+    "Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps", "warmup_interval", "max_cached_steps",
+    "max_continuous_cached_steps", "residual_diff_threshold", "max_accumulated_residual_diff_threshold",
+    "enable_separate_cfg", "cfg_compute_first", "cfg_diff_compute_separate", "num_inference_steps",
+    "steps_computation_mask", "steps_computation_policy", "force_refresh_step_hint", "force_refresh_step_policy",
+)
+LEGACY_CALIBRATOR_KWARGS = ("enable_taylorseer", "enable_encoder_taylorseer", "taylorseer_cache_type", "taylorseer_order")
+
+
+@dataclasses.dataclass
+class CacheOptions:
+    """Everything one accelerated model runs with (resolved and validated by `resolve_options`)."""
+
+    strategy: str = "adaptive"
+    cache_config: DBCacheConfig = dataclasses.field(default_factory=lambda: DBCacheConfig(**ADAPTIVE_DEFAULTS))
+    calibrator_config: Optional[TaylorSeerCalibratorConfig] = None
+    skip_interval: int = 2
+    noise_scale: float = 0.0
+    debug: bool = False
+    blocks: Optional[Sequence[Any]] = None  # names of (or the) block lists to use; None: found automatically
+    start_percent: float = 0.0  # reuse only inside this window of sampling progress
+    end_percent: float = 1.0
+    log_runs: bool = False  # one info line per finished run (the ComfyUI nodes turn it on)
+
+    @property
+    def taylorseer_order(self) -> int:
+        """0 when no calibrator is active."""
+        cal = self.calibrator_config
+        if cal is None or not cal.enable_calibrator:
+            return 0
+        return int(cal.taylorseer_order)
+
+    def validate(self) -> "CacheOptions":
+        """Raise ValueError naming the first invalid option."""
+        if self.strategy not in strategy_names():
+            fail("strategy", self.strategy, " | ".join(repr(s) for s in strategy_names()))
+        check_int("skip_interval", self.skip_interval, 1, 10)
+        check_float("noise_scale", self.noise_scale, 0.0, 1.0)
+        check_bool("debug", self.debug)
+        check_float("start_percent", self.start_percent, 0.0, 1.0)
+        check_float("end_percent", self.end_percent, 0.0, 1.0)
+        if self.start_percent > self.end_percent:
+            fail("start_percent", self.start_percent, f"a value <= end_percent ({self.end_percent})")
+        self.cache_config.validate()
+        if self.calibrator_config is not None:
+            self.calibrator_config.validate()
+        return self
+
+    def strify(self) -> str:
+        """cache-dit style tag of the config plus calibrator, e.g. `DBCache_F1B0_..._T1O1`."""
+        cal = self.calibrator_config.strify() if self.taylorseer_order else "T0O0"
+        return f"{self.cache_config.strify()}_{cal}"
+
+
+def resolve_options(
+    cache_config: Optional[BasicCacheConfig],
+    calibrator_config: Optional[CalibratorConfig],
+    *,
+    strategy: Optional[str],
+    skip_interval: Optional[int],
+    warmup_steps: Optional[int],
+    noise_scale: Optional[float],
+    debug: Optional[bool],
+    global_config: GlobalConfig,
+    legacy: dict,
+    blocks: Optional[Sequence[Any]] = None,
+    start_percent: Optional[float] = None,
+    end_percent: Optional[float] = None,
+) -> CacheOptions:
+    """Merge explicit arguments, cache-dit configs, legacy kwargs and global defaults.
+
+    Precedence: explicit CacheDit arguments > `cache_config` / legacy kwargs > global defaults.
+    With neither a `cache_config` nor legacy kwargs, `adaptive` runs with `ADAPTIVE_DEFAULTS`
+    (tuned here); with either, it starts from cache-dit's own `DBCacheConfig()` defaults so that
+    drop-in code behaves as it did under cache-dit.
+    """
+    if cache_config is not None and not isinstance(cache_config, BasicCacheConfig):
+        fail("cache_config", cache_config, "a DBCacheConfig / BasicCacheConfig or None")
+    if calibrator_config is not None and not isinstance(calibrator_config, CalibratorConfig):
+        fail("calibrator_config", calibrator_config, "a TaylorSeerCalibratorConfig or None")
+    if calibrator_config is not None and not isinstance(calibrator_config, TaylorSeerCalibratorConfig):
+        fail("calibrator_config", type(calibrator_config).__name__, "TaylorSeerCalibratorConfig (the only calibrator CacheDit runs)")
+
+    cache_legacy = {k: v for k, v in legacy.items() if k in LEGACY_CACHE_KWARGS}
+    cal_legacy = {k: v for k, v in legacy.items() if k in LEGACY_CALIBRATOR_KWARGS}
+    user_tuned = cache_config is not None or bool(cache_legacy)
+
+    if cache_config is not None:
+        config = DBCacheConfig(**{f.name: copy.deepcopy(getattr(cache_config, f.name)) for f in dataclasses.fields(BasicCacheConfig)})
+    elif cache_legacy:
+        config = DBCacheConfig()
+    else:
+        config = DBCacheConfig(**ADAPTIVE_DEFAULTS)
+    config.update(**cache_legacy)
+    if warmup_steps is None:
+        warmup_steps = global_config.default_warmup_steps
+    if warmup_steps is not None:
+        config.max_warmup_steps = warmup_steps
+
+    calibrator = copy.deepcopy(calibrator_config)
+    if calibrator is None and cal_legacy.get("enable_taylorseer"):
+        calibrator = TaylorSeerCalibratorConfig(
+            enable_calibrator=True,
+            enable_encoder_calibrator=bool(cal_legacy.get("enable_encoder_taylorseer", True)),
+            taylorseer_order=cal_legacy.get("taylorseer_order", 1),
+        )
+    if calibrator is None and not user_tuned and (strategy or global_config.default_strategy) == "adaptive":
+        calibrator = TaylorSeerCalibratorConfig(taylorseer_order=ADAPTIVE_DEFAULT_TAYLORSEER_ORDER)
+
+    options = CacheOptions(
+        strategy=strategy if strategy is not None else global_config.default_strategy,
+        cache_config=config,
+        calibrator_config=calibrator,
+        skip_interval=skip_interval if skip_interval is not None else global_config.default_skip_interval,
+        noise_scale=noise_scale if noise_scale is not None else global_config.default_noise_scale,
+        debug=debug if debug is not None else global_config.global_debug,
+        blocks=blocks,
+        start_percent=0.0 if start_percent is None else start_percent,
+        end_percent=1.0 if end_percent is None else end_percent,
+    )
+    if options.strategy in ("fixed", "dynamic") and not user_tuned and warmup_steps is None:
+        # Step-schedule strategies keep a short warmup too; the DBCache threshold is unused.
+        config.max_warmup_steps = ADAPTIVE_DEFAULTS["max_warmup_steps"]
+    return options.validate()

@@ -1,0 +1,108 @@
+"""Block-level reuse: each middle segment's residual, kept on computed steps and added back on
+reused ones.
+
+On a computed step the segment's input streams are kept at its first block and its residual
+(output minus input, per stream: hidden and encoder tokens) is stored at its last block. On a
+reused step the segment returns its input plus that residual (TaylorSeer-extrapolated when a
+calibrator is on, with optional noise) without running a block. A block that writes into its
+own input makes a residual wrong: it is detected through tensor version counters, the residual
+is dropped and inputs are copied from then on.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from ..config import CacheOptions
+from .buffers import sub_into, tensor_version
+from .calls import CallState
+from .layout import BlockLayout
+from .state import BranchState
+from .taylorseer import TaylorSeries
+
+Streams = Dict[str, Optional[torch.Tensor]]
+
+
+class BlockReuse:
+    """Stores and restores segment residuals of one model."""
+
+    def __init__(self, options: CacheOptions, layout: BlockLayout, copy_inputs: bool) -> None:
+        self.options = options
+        self.layout = layout
+        # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
+        # adapter says so up front; otherwise it is switched on when a version counter shows it).
+        self.copy_inputs = copy_inputs
+
+    def can_reuse(self, branch: BranchState) -> bool:
+        """A reuse needs every segment's residual from a computed step of this branch."""
+        if branch.last_computed_step < 0:
+            return False
+        return all(seg in branch.residuals for seg in range(len(self.layout.segments)))
+
+    def segment_input(self, call: CallState, seg: int, streams: Streams) -> None:
+        """At a segment's first block: build the reused streams, or keep the input for the residual."""
+        if call.reuse:
+            call.seg_out[seg] = self._reused(call, seg, streams)
+            return
+        if self.copy_inputs:
+            streams = {k: v.clone() if v is not None else None for k, v in streams.items()}
+        call.seg_in[seg] = streams
+        call.seg_in_versions[seg] = {k: tensor_version(v) for k, v in streams.items() if v is not None}
+
+    def segment_output(self, call: CallState, seg: int, streams: Streams) -> None:
+        """At a segment's last block on a computed step: store its residual per stream."""
+        inputs = call.seg_in.pop(seg, None)
+        versions = call.seg_in_versions.pop(seg, {})
+        if inputs is None:
+            return
+        branch = call.branch
+        if any(tensor_version(inputs[k]) != v for k, v in versions.items()):
+            # A block changed its input in place: this residual is wrong. Drop it, and copy inputs from now on.
+            self.copy_inputs = True
+            branch.residuals.pop(seg, None)
+            branch.last_computed_step = -1
+            return
+        previous = branch.residuals.get(seg, {})
+        order = self.options.taylorseer_order
+        residual: Dict[str, torch.Tensor] = {}
+        for name, out in streams.items():
+            base = inputs.get(name)
+            if out is None or base is None or out.shape != base.shape:
+                continue
+            if order:
+                series = branch.taylor.get((seg, name))
+                if series is None:
+                    series = branch.taylor[(seg, name)] = TaylorSeries(order)
+                residual[name] = series.update_residual(out, base, call.step)
+            else:
+                residual[name] = sub_into(previous.get(name), out, base)  # overwrite last step's buffer
+        branch.residuals[seg] = residual
+
+    def _reused(self, call: CallState, seg: int, streams: Streams) -> Streams:
+        """The segment's output on a reused step: input + cached (or extrapolated) residual."""
+        residual = call.branch.residuals.get(seg, {})
+        order = self.options.taylorseer_order
+        noise = self.options.noise_scale
+        out: Streams = {}
+        for name, value in streams.items():
+            delta = residual.get(name)
+            if value is None or delta is None or delta.shape != value.shape:
+                out[name] = value
+                continue
+            series = call.branch.taylor.get((seg, name)) if order else None
+            if noise > 0.0:
+                if series is not None:
+                    delta = series.predict(call.step)
+                out[name] = value + add_noise(delta, noise)
+            elif series is not None:
+                out[name] = series.add_prediction(value, call.step)
+            else:
+                out[name] = value + delta
+        return out
+
+
+def add_noise(delta: torch.Tensor, scale: float) -> torch.Tensor:
+    """`delta` plus Gaussian noise of `scale` times its standard deviation (noise_scale)."""
+    return delta + torch.randn_like(delta) * (scale * delta.std())

@@ -1,0 +1,147 @@
+"""Call placement: which run, step and CFG branch a model call belongs to.
+
+An adapter opens a call with what it knows (the timestep, a branch key such as ComfyUI's cond
+uuids, the input's shape/dtype/device, the step index when the caller knows the schedule). The
+placer turns that into (run, step, branch) with the RunTracker, gives the branch fresh buffers
+when its input signature changed, and announces run boundaries on the bus.
+
+A call whose timestep is still on its way from the GPU (a DeferredScalar) is *pending*: the
+blocks before the probe run unaffected, and the call is placed just before its decision, so a
+CUDA timestep never drains the GPU queue at the start of a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable, Dict, Hashable, Optional, Union
+
+import torch
+
+from ..events import bus
+from .state import BranchState, RunState, RunTracker
+
+
+class DeferredScalar:
+    """A GPU scalar (the timestep) copied to the host without waiting for the GPU.
+
+    Reading a CUDA timestep with `.item()` at the start of a call drains the GPU queue and leaves
+    the GPU idle while Python prepares the next kernels. Instead the copy is queued, and `read()`
+    waits only for it (queued before the probe blocks, so those keep the GPU busy meanwhile)."""
+
+    __slots__ = ("host", "event")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        first = tensor.reshape(-1)[:1]
+        self.event: Optional[torch.cuda.Event] = None
+        if first.is_cuda:
+            self.host = first.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = first.detach().clone()  # a CPU tensor the caller might still write into
+
+    def read(self) -> float:
+        """The value (waits for the copy only, not for work queued after it)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return float(self.host[0])
+
+
+Timestep = Union[float, None, DeferredScalar]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRequest:
+    """What the adapter knows about a model call when it opens it."""
+
+    timestep: Timestep
+    branch_key: Optional[Hashable]  # the caller's key for the CFG branch (None: position within the step)
+    signature: tuple  # (shape, dtype, device) of the main input: a change gives the branch fresh buffers
+    total_steps: Optional[int] = None
+    step_index: Optional[int] = None  # the caller knows the step (ComfyUI's sigma schedule)
+
+
+class CallState:
+    """Everything about one model call that the block protocol needs."""
+
+    __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
+                 "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep")
+
+    def __init__(self, request: CallRequest) -> None:
+        self.pending: Optional[CallRequest] = request  # until placed
+        self.run: Optional[RunState] = None
+        self.step = -1
+        self.branch: Optional[BranchState] = None
+        self.branch_key: Hashable = None
+        self.reuse = False
+        self.decided = False
+        self.probe_base: Optional[torch.Tensor] = None
+        self.probe_base_version = 0
+        self.probe_owned = False  # the probe tensor was computed here (may be written into later)
+        self.seg_in: Dict[int, Dict[str, torch.Tensor]] = {}
+        self.seg_in_versions: Dict[int, Dict[str, int]] = {}
+        self.seg_out: Dict[int, Dict[str, Optional[torch.Tensor]]] = {}
+        self.progress = 0.0
+        self.timestep: Optional[float] = None
+
+
+class CallPlacer:
+    """Places calls in their run, step and branch, and announces run starts and ends."""
+
+    def __init__(self, key: int, name: str, lock: threading.RLock, run_details: Callable[[], dict]) -> None:
+        self.key = key
+        self.name = name
+        self.lock = lock
+        self.tracker = RunTracker()
+        self.default_total_steps: Optional[int] = None  # DBCacheConfig.num_inference_steps
+        self._run_details = run_details  # extra payload of run_finished (options, middle share)
+
+    def place(self, call: CallState) -> None:
+        """Place a pending call (once; later calls do nothing)."""
+        request = call.pending
+        if request is None:
+            return
+        call.pending = None
+        timestep = request.timestep.read() if isinstance(request.timestep, DeferredScalar) else request.timestep
+        total_steps = request.total_steps if request.total_steps is not None else self.default_total_steps
+        with self.lock:
+            previous_run = self.tracker.run
+            run, step, key, reason = self.tracker.advance(timestep, request.branch_key, total_steps=total_steps,
+                                                          step_index=request.step_index)
+            if reason:
+                if previous_run is not None:
+                    self._announce_finished(previous_run)
+                if bus.run_started.receivers:
+                    bus.run_started.send(self.key, name=self.name, run=run.index, reason=reason)
+            branch = run.branch(key)
+            if branch.signature != request.signature:
+                if branch.signature is not None and bus.branch_reset.receivers:
+                    bus.branch_reset.send(self.key, name=self.name, run=run.index, branch=branch.index,
+                                          reason="shape/dtype/device changed")
+                branch.clear_buffers()
+                branch.signature = request.signature
+            branch.begin_step(step)
+            run.executed_calls += 1
+            call.run, call.step, call.branch, call.branch_key = run, step, branch, key
+            call.progress = run.progress(timestep)
+            call.timestep = timestep
+
+    def abort(self, call: CallState) -> None:
+        """A call failed: drop its branch's buffers and end the run, so nothing half-written is reused."""
+        with self.lock:
+            if call.branch is not None:
+                call.branch.clear_buffers()
+            self.tracker.abort()  # a call that failed before it was placed never touched a branch
+
+    def finish_run(self) -> None:
+        """Close the current run (announced if it ran anything); the next call starts a new one."""
+        with self.lock:
+            run = self.tracker.close()
+            if run is not None:
+                self._announce_finished(run)
+
+    def _announce_finished(self, run: RunState) -> None:
+        if bus.run_finished.receivers and run.executed_calls:
+            bus.run_finished.send(self.key, name=self.name, run=run.index, record=run.record,
+                                  cache_bytes=run.buffer_bytes(), **self._run_details())

@@ -1,0 +1,71 @@
+"""Step-level reuse, for models without a block list CacheDit can hook (UNets, unknown models).
+
+The whole model is one segment: its residual is output minus input, and a reused step returns
+input + that residual. Concat-channel models (more input than output channels, e.g. image-to-
+video) compare and add on the first `C_out` channels. The adaptive decision here reads the input's
+change, scaled by how much the output changed per unit of input change between the last two
+computed steps, accumulated over reused steps (EasyCache's estimate).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ..config import CacheOptions
+from .block_reuse import add_noise
+from .calls import CallState
+from .decisions import Decider, relative_change
+
+
+def _matching_channels(t: torch.Tensor, like: Optional[torch.Tensor]) -> torch.Tensor:
+    """`t` cut to `like`'s channel count (dim 1) when they differ (concat-channel inputs)."""
+    if like is not None and t.dim() >= 2 and like.dim() == t.dim() and t.shape[1] != like.shape[1]:
+        return t[:, : like.shape[1]]
+    return t
+
+
+class StepReuse:
+    """Whole-step reuse: output = input + cached (output - input)."""
+
+    def __init__(self, options: CacheOptions, decider: Decider) -> None:
+        self.options = options
+        self.decider = decider
+
+    def run(self, call: CallState, x: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Decide for `call` (input `x`), then return the reused output or `compute()`'s."""
+        branch = call.branch
+
+        def measure() -> Optional[float]:
+            if branch.last_input is None:
+                return None
+            d_in = relative_change(branch.last_input, x)
+            if d_in is None:
+                return None
+            rate = branch.output_rate if branch.output_rate is not None else 1.0
+            return branch.accumulated_change + rate * d_in
+
+        decision = self.decider.decide(call, measure, can_reuse=branch.last_output is not None, skipped_blocks=1,
+                                       total_blocks=1)
+        if call.reuse:
+            if decision.diff is not None:
+                branch.accumulated_change = decision.diff
+            delta = branch.last_output
+            if self.options.noise_scale > 0.0:
+                delta = add_noise(delta, self.options.noise_scale)
+            return _matching_channels(x, branch.last_output) + delta
+        out = compute()
+        base = _matching_channels(x, out)
+        residual = out - base if base.shape == out.shape else None
+        if branch.last_output is not None and residual is not None and branch.last_input is not None:
+            d_in = relative_change(branch.last_input, x)
+            d_out = relative_change(branch.last_output, residual)
+            if d_in and d_out is not None:
+                branch.output_rate = d_out / d_in
+        branch.accumulated_change = 0.0
+        branch.last_input = x
+        branch.last_output = residual
+        if residual is not None:
+            branch.residuals[0] = {"hidden": residual}
+        return out
