@@ -64,15 +64,17 @@ def machine_block(info: Dict[str, str]) -> str:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Inputs:
-    """Everything a flow-matching Euler run needs (batched CFG when `guidance` is set)."""
+    """Everything a flow-matching Euler run needs (batched CFG when `guidance` is set).
 
-    latents: torch.Tensor  # [B, N, C] packed noise
+    The transformer's call arguments come from `cachedit.bundled.archs.transformer_kwargs` for
+    `arch` (the one place that knows each layout's kwargs)."""
+
+    latents: torch.Tensor  # noise in the layout's latent shape ([B, N, C] packed for Flux)
     ehs: torch.Tensor  # encoder hidden states of the model call ([2B, ...] with CFG: uncond first)
-    pooled: torch.Tensor
-    img_ids: torch.Tensor
-    txt_ids: torch.Tensor
+    pooled: Optional[torch.Tensor]  # pooled text embedding (Flux) or None
     sigmas: torch.Tensor  # steps + 1 values, 1 -> 0
     guidance: Optional[float] = None
+    arch: str = "flux"  # key of cachedit.bundled.archs.ARCHS
 
     @property
     def steps(self) -> int:
@@ -81,6 +83,21 @@ class Inputs:
     @property
     def call_batch(self) -> int:
         return self.latents.shape[0] * (2 if self.guidance is not None else 1)
+
+    def call_kwargs(self, x: torch.Tensor, sigma: float) -> Dict[str, Any]:
+        """Keyword arguments of the transformer call on `x` (the call's batch) at `sigma`."""
+        from cachedit.bundled.archs import transformer_kwargs
+
+        return transformer_kwargs(self.arch, x, sigma, (self.ehs, self.pooled))
+
+    @property
+    def img_ids(self) -> torch.Tensor:
+        """Flux's image position ids (what the model call gets; their count = image tokens)."""
+        return self.call_kwargs(self.latents, 1.0)["img_ids"]
+
+    @property
+    def txt_ids(self) -> torch.Tensor:
+        return self.call_kwargs(self.latents, 1.0)["txt_ids"]
 
 
 @dataclass
@@ -97,14 +114,12 @@ def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = No
     """The Euler loop of `cachedit.bundled.digits.generate` (batched CFG, uncond half first),
     generalised to any inputs; returns the final packed latents. Bit-identical to `generate`."""
     x = inp.latents
-    device, dtype = x.device, x.dtype
     n = inp.steps
     with torch.no_grad():
         for i in range(n):
             s, s_next = float(inp.sigmas[i]), float(inp.sigmas[i + 1])
             dt = s_next - s
             h = torch.cat([x, x], dim=0) if inp.guidance is not None else x
-            timestep = torch.tensor(s, device=device, dtype=dtype).expand(h.shape[0])
             ctx: Any = contextlib.nullcontext()
             if hooks is not None:
                 hooks.current_timestep[0] = s * 1000.0
@@ -112,8 +127,7 @@ def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = No
                     ctx = transformer.cache_context("cond", step_index=i, num_inference_steps=n, timestep=s * 1000.0,
                                                     sigma=s)
             with ctx:
-                out = transformer(hidden_states=h, encoder_hidden_states=inp.ehs, pooled_projections=inp.pooled,
-                                  timestep=timestep, img_ids=inp.img_ids, txt_ids=inp.txt_ids, return_dict=False)[0]
+                out = transformer(**inp.call_kwargs(h, s))[0]
             if inp.guidance is not None:
                 v_unc, v_cond = out.chunk(2)
                 v = v_unc + inp.guidance * (v_cond - v_unc)
@@ -126,32 +140,29 @@ def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = No
 
 
 def bundled_inputs(model, labels: Sequence[int], steps: int, guidance: float = 3.0, seed: int = 0) -> Inputs:
-    """The inputs `digits.generate(model, labels, steps, guidance, seed, cfg_mode="batched")` uses."""
+    """The inputs `digits.generate(model, labels, steps, guidance, seed, cfg_mode="batched")` uses
+    (any bundled arch: `model.arch`)."""
+    from cachedit.bundled import archs as A
     from cachedit.bundled import digits as D
 
-    transformer = model.transformer
-    p = next(transformer.parameters())
+    p = next(model.transformer.parameters())
     device, dtype = p.device, p.dtype
     labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     b = labels_t.shape[0]
-    gen = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((b, 1, D.IMAGE_SIZE, D.IMAGE_SIZE), generator=gen, dtype=torch.float32)
-    latents = D.pack_images(noise).to(device=device, dtype=dtype)
-    num_txt = getattr(model.label_embedder, "num_tokens", 4)
+    latents = A.initial_latents(model.arch, b, seed, device=device, dtype=dtype)
     with torch.no_grad():
         cond_ehs, cond_pooled = model.condition(labels_t.to(device))
         unc_ehs, unc_pooled = model.condition(torch.full((b,), D.NULL_LABEL, dtype=torch.long, device=device))
-    return Inputs(latents=latents, ehs=torch.cat([unc_ehs, cond_ehs], 0), pooled=torch.cat([unc_pooled, cond_pooled], 0),
-                  img_ids=D.prepare_img_ids(device=device, dtype=dtype), txt_ids=D.prepare_txt_ids(num_txt, device=device, dtype=dtype),
-                  sigmas=D.sigmas_schedule(steps), guidance=guidance)
+    pooled = torch.cat([unc_pooled, cond_pooled], 0) if cond_pooled is not None else None
+    return Inputs(latents=latents, ehs=torch.cat([unc_ehs, cond_ehs], 0), pooled=pooled,
+                  sigmas=D.sigmas_schedule(steps, model.sigma_shift), guidance=guidance, arch=model.arch)
 
 
-def bundled_images(latents: torch.Tensor) -> torch.Tensor:
-    """Packed latents -> images [B, 1, 16, 16] in [0, 1], as `generate` returns them."""
+def bundled_images(latents: torch.Tensor, arch: str = "flux") -> torch.Tensor:
+    """Final latents -> images [B, 1, 16, 16] in [0, 1], as `generate` returns them."""
     from cachedit.bundled import digits as D
 
-    images = D.unpack_latents(latents.float().cpu())
-    return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
+    return D.latents_to_images(latents, arch)
 
 
 def random_flux(hidden: int, heads: int, double: int, single: int, in_channels: int = 64, text_dim: Optional[int] = None,
@@ -188,12 +199,7 @@ def random_inputs(model: nn.Module, batch: int, img_tokens: int, txt_tokens: int
     latents = torch.randn(batch, img_tokens, cfg.in_channels, generator=g).to(p.device, p.dtype)
     ehs = torch.randn(call_batch, txt_tokens, cfg.joint_attention_dim, generator=g).to(p.device, p.dtype)
     pooled = torch.randn(call_batch, cfg.pooled_projection_dim, generator=g).to(p.device, p.dtype)
-    img_ids = torch.zeros(img_tokens, 3)
-    img_ids[:, 1] = torch.arange(img_tokens) // side
-    img_ids[:, 2] = torch.arange(img_tokens) % side
-    return Inputs(latents=latents, ehs=ehs, pooled=pooled, img_ids=img_ids.to(p.device, p.dtype),
-                  txt_ids=torch.zeros(txt_tokens, 3, device=p.device, dtype=p.dtype),
-                  sigmas=torch.linspace(1.0, 0.0, steps + 1), guidance=guidance)
+    return Inputs(latents=latents, ehs=ehs, pooled=pooled, sigmas=torch.linspace(1.0, 0.0, steps + 1), guidance=guidance)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""How each bundled layout is called: latent layout, transformer kwargs, first block.
+
+The bundled digits models share data, labels and sampler; what differs per diffusers layout is
+only how a [B, 1, 16, 16] image tensor is laid out for the transformer and which keyword
+arguments the transformer takes.  That knowledge lives here, once, and is used by
+:func:`cachedit.bundled.digits.generate`, ``scripts/train_bundled.py`` and ``benchmarks/common.py``:
+
+* ``flux``: diffusers ``FluxTransformer2DModel``; latents packed 2x2 like ``FluxPipeline``
+  ([B, 64, 4]), ``img_ids``/``txt_ids``, ``pooled_projections``, timestep = sigma.
+* ``wan``: diffusers ``WanTransformer3DModel``; latents [B, 1, 1, 16, 16] (one frame, like
+  ``WanPipeline``), cross-attention to the label tokens, timestep = sigma * 1000 (the
+  scheduler's timesteps, as ``WanPipeline`` passes them).
+* ``qwen``: diffusers ``QwenImageTransformer2DModel``; latents packed 2x2 like
+  ``QwenImagePipeline`` ([B, 64, 4]), ``img_shapes``, no text mask (the pipeline drops an
+  all-ones mask), timestep = sigma (the pipeline passes ``timestep / 1000``).
+
+Conditioning is ``(encoder_hidden_states [B, T, D], pooled [B, P] or None)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ARCHS", "Arch", "Conditioning", "get_arch", "initial_latents", "transformer_kwargs"]
+
+IMAGE_SIZE = 16  # pixels, 1 channel
+Conditioning = Tuple[Tensor, Optional[Tensor]]
+
+
+# --------------------------------------------------------------------------------------
+# Latent layouts
+# --------------------------------------------------------------------------------------
+def pack_images(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, (H/2)*(W/2), C*4]  (``FluxPipeline._pack_latents``, ``QwenImagePipeline``'s too)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: Tensor, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> Tensor:
+    """Inverse of :func:`pack_images` (``FluxPipeline._unpack_latents`` without the VAE factor)."""
+    b, n, c4 = x.shape
+    x = x.view(b, height // 2, width // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, height, width)
+
+
+def prepare_img_ids(height: int = IMAGE_SIZE // 2, width: int = IMAGE_SIZE // 2, device=None, dtype=torch.float32) -> Tensor:
+    """[H*W, 3] ids (0, row, col) for the packed token grid (``_prepare_latent_image_ids``)."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(height)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3).to(device=device, dtype=dtype)
+
+
+def prepare_txt_ids(num_tokens: int = 4, device=None, dtype=torch.float32) -> Tensor:
+    return torch.zeros(num_tokens, 3, device=device, dtype=dtype)
+
+
+def _grid_side(tokens: int) -> int:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} image tokens are not a square grid")
+    return side
+
+
+def _timestep(sigma: Union[float, Tensor], batch: int, like: Tensor) -> Tensor:
+    """A float sigma expanded to the call's batch (as pipelines do); a tensor is used as is."""
+    if torch.is_tensor(sigma):
+        return sigma
+    return torch.tensor(sigma, device=like.device, dtype=like.dtype).expand(batch)
+
+
+# --------------------------------------------------------------------------------------
+# Per-layout transformer call
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _flux_ids(side: int, num_txt: int, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """Made once per shape/device: no per-step allocation or host-to-device copy (the model only reads them)."""
+    return prepare_img_ids(side, side, device=device, dtype=dtype), prepare_txt_ids(num_txt, device=device, dtype=dtype)
+
+
+def _flux_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    ehs, pooled = cond
+    img_ids, txt_ids = _flux_ids(_grid_side(latents.shape[1]), ehs.shape[1], latents.device, latents.dtype)
+    return dict(hidden_states=latents, encoder_hidden_states=ehs, pooled_projections=pooled,
+                timestep=_timestep(sigma, latents.shape[0], latents), img_ids=img_ids, txt_ids=txt_ids,
+                return_dict=False)
+
+
+def _wan_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    return dict(hidden_states=latents, timestep=_timestep(sigma, latents.shape[0], latents) * 1000.0,
+                encoder_hidden_states=cond[0], return_dict=False)
+
+
+def _qwen_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    side = _grid_side(latents.shape[1])
+    return dict(hidden_states=latents, timestep=_timestep(sigma, latents.shape[0], latents),
+                encoder_hidden_states=cond[0], encoder_hidden_states_mask=None,
+                img_shapes=[[(1, side, side)]] * latents.shape[0], return_dict=False)
+
+
+def _frame(x: Tensor) -> Tensor:
+    return x.unsqueeze(2)  # [B, C, H, W] -> [B, C, 1, H, W]
+
+
+def _unframe(x: Tensor) -> Tensor:
+    return x.squeeze(2)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One diffusers layout of the bundled digits model."""
+
+    name: str
+    transformer_class: str  # attribute of ``diffusers``
+    kwargs: Callable[[Tensor, Union[float, Tensor], Conditioning], Dict[str, Any]]
+    to_latents: Callable[[Tensor], Tensor]  # [B, 1, 16, 16] -> the transformer's hidden_states layout
+    to_images: Callable[[Tensor], Tensor]  # inverse of to_latents
+    block_list: str  # attribute holding the first block list (probes hook element 0)
+    pooled: bool  # whether the layout takes a pooled text embedding
+
+    def build_transformer(self, config: Dict[str, Any]) -> nn.Module:
+        """A randomly initialised transformer from the ``transformer`` section of a bundled config."""
+        import diffusers
+
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        return getattr(diffusers, self.transformer_class)(**cfg)
+
+    def first_block(self, transformer: nn.Module) -> nn.Module:
+        return getattr(transformer, self.block_list)[0]
+
+
+ARCHS: Dict[str, Arch] = {
+    "flux": Arch("flux", "FluxTransformer2DModel", _flux_kwargs, pack_images, unpack_latents, "transformer_blocks", True),
+    "wan": Arch("wan", "WanTransformer3DModel", _wan_kwargs, _frame, _unframe, "blocks", False),
+    "qwen": Arch("qwen", "QwenImageTransformer2DModel", _qwen_kwargs, pack_images, unpack_latents, "transformer_blocks",
+                 False),
+}
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown bundled arch {name!r}; available: {sorted(ARCHS)}") from None
+
+
+def transformer_kwargs(arch: str, latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    """Keyword arguments of one transformer call, as the layout's diffusers pipeline passes them.
+
+    ``latents`` in the layout of :func:`initial_latents` (the call's batch), ``sigma`` the
+    flow-matching sigma in [0, 1] (a float is expanded to the batch, a [B] tensor is used as is),
+    ``cond`` = ``(encoder_hidden_states, pooled or None)`` for the same batch.  Call it as
+    ``transformer(**transformer_kwargs(...))[0]`` (``return_dict=False`` is included).
+    """
+    return get_arch(arch).kwargs(latents, sigma, cond)
+
+
+def initial_latents(arch: str, batch: int, seed: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Starting noise in the layout's latent shape: ``randn([B, 1, 16, 16])`` from a CPU generator
+    seeded with ``seed`` (the same numbers for every layout), laid out and moved to device/dtype."""
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((batch, 1, IMAGE_SIZE, IMAGE_SIZE), generator=gen, dtype=torch.float32)
+    return get_arch(arch).to_latents(noise).to(device=device, dtype=dtype)
