@@ -1,9 +1,10 @@
 """Tiny ComfyUI-native models + a KSampler-equivalent sampler, for cachedit's ComfyUI
 integration tests.
 
-Everything here needs ``COMFYUI_PATH`` (a ComfyUI checkout) and a venv with ComfyUI's
-requirements; see README.md beside this file. Verified against ComfyUI commit
-a125cd84b054a57729b5eecab930ca9408719832 (2025-10-12, "Improve AMD performance"). Nothing
+Everything here needs ``COMFYUI_PATH`` (a ComfyUI checkout; ``make test`` unpacks the pinned one
+and sets it) and a venv with ComfyUI's requirements; see README.md beside this file. Without a
+real torchvision, ``ensure_comfy`` imports ComfyUI with the test-only stand-in in ``stubs/``.
+Verified against ComfyUI commit a125cd84b054a57729b5eecab930ca9408719832 (2025-10-12, "Improve AMD performance"). Nothing
 in this module imports torch or ComfyUI at import time.
 
 API: ``build_model(arch, seed)`` -> ModelPatcher; ``make_conditioning(arch)`` -> (positive,
@@ -159,6 +160,7 @@ __all__ = [
     "ArchSpec",
     "COMFYUI_COMMIT",
     "build_model",
+    "child_env",
     "comfy_path",
     "comfy_unavailable_reason",
     "empty_latent",
@@ -172,6 +174,10 @@ __all__ = [
 COMFYUI_COMMIT = "a125cd84b054a57729b5eecab930ca9408719832"
 
 _COMFY_READY = False
+_STUB_USED = False
+
+#: Test-only stand-ins (a minimal ``torchvision``, see stubs/README.md), used when nothing real is there.
+STUBS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubs")
 
 
 # --------------------------------------------------------------------------------------
@@ -194,7 +200,7 @@ def ensure_comfy() -> None:
 
     Raises ImportError / RuntimeError when ComfyUI can't be imported.
     """
-    global _COMFY_READY
+    global _COMFY_READY, _STUB_USED
     if _COMFY_READY:
         return
     path = comfy_path()
@@ -205,13 +211,64 @@ def ensure_comfy() -> None:
     added = path not in sys.path
     if added:
         sys.path.insert(0, path)
+    stub = _torchvision_stub_on()
     try:
         _import_comfy(path)
     except BaseException:
         if added and path in sys.path:
             sys.path.remove(path)
         raise
+    finally:
+        if stub:
+            _torchvision_stub_off()
     _COMFY_READY = True
+    _STUB_USED = stub
+
+
+def child_env() -> dict:
+    """Environment for a child Python that imports ComfyUI itself (``COMFYUI_PATH`` first on its
+    ``sys.path``): this process's, less ``PYTHONPATH``, plus the torchvision stand-in's folder when
+    ComfyUI needed it here (there it stays visible to every library: enough to import ComfyUI and
+    load a node pack). Call after ``ensure_comfy``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if _STUB_USED:
+        env["PYTHONPATH"] = STUBS_DIR
+    return env
+
+
+def _torchvision_stub_on() -> bool:
+    """ComfyUI imports torchvision at start-up (Cosmos, Stable Cascade, ACE-Step code). PyPI's
+    torchvision does not load beside the CPU torch of this project's venv, so when none is
+    importable the stand-in in ``STUBS_DIR`` is appended to ``sys.path`` for ComfyUI's import
+    (a real torchvision always wins). True when the stand-in was put there."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None or STUBS_DIR in sys.path:
+        return False
+    # transformers caches (lru_cache) its first answer to "is torchvision installed?", and ComfyUI
+    # imports transformers: ask it now, while the answer is still the true one (no).
+    try:
+        from transformers.utils import import_utils as tf_import_utils
+    except ImportError:
+        tf_import_utils = None
+    for probe in ("is_torchvision_available", "is_torchvision_v2_available"):
+        if hasattr(tf_import_utils, probe):
+            getattr(tf_import_utils, probe)()
+    sys.path.append(STUBS_DIR)
+    return True
+
+
+def _torchvision_stub_off() -> None:
+    """Hide the stand-in again once ComfyUI is imported. ComfyUI's modules keep the objects they
+    bound (``from torchvision import transforms``), while libraries that probe for torchvision
+    (``importlib.util.find_spec``: diffusers, transformers) still find none and don't take the
+    stand-in for a real one (diffusers would import ``pil_to_tensor`` from it)."""
+    if STUBS_DIR in sys.path:
+        sys.path.remove(STUBS_DIR)
+    for name, module in list(sys.modules.items()):
+        if (name == "torchvision" or name.startswith("torchvision.")) and \
+                (getattr(module, "__file__", None) or "").startswith(STUBS_DIR + os.sep):
+            del sys.modules[name]
 
 
 def _import_comfy(path: str) -> None:
