@@ -6,7 +6,9 @@
 # * COMFYUI_PATH set: that checkout is used as it is (a user's ComfyUI wins over the pinned one).
 # * Otherwise the pinned source tarball COMFYUI_TARBALL (default: ../shared/comfyui/ComfyUI-a125cd84.tar.gz,
 #   relative to the repository root) is unpacked once, OUTSIDE the repository, into
-#   ${CACHEDIT_COMFYUI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/cachedit}/<tarball name>/ComfyUI, and reused.
+#   ${CACHEDIT_COMFYUI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/cachedit-tests}/<tarball name>/ComfyUI, and reused
+#   (not ".../cachedit/...": tests/comfyui/test_adapter.py finds CacheDit code in torch.compile graphs by
+#   "cachedit/" in their stack traces, and ComfyUI frames would match).
 # * Either way that ComfyUI's requirements.txt goes into the venv, less torch, torchvision, torchaudio
 #   (the venv's CPU torch stays, pinned; tests/comfyui/stubs stands in for torchvision) and spandrel
 #   (the upscale-model loader, "non essential" to ComfyUI: it requires torchvision, which would pull a
@@ -26,7 +28,7 @@ else
     name="$(basename "$tarball")"
     name="${name%.tar.gz}"
     name="${name%.tgz}"
-    home="${CACHEDIT_COMFYUI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/cachedit}"
+    home="${CACHEDIT_COMFYUI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/cachedit-tests}"
     mkdir -p "$home"
     home="$(cd "$home" && pwd)"
     case "$home/" in "$root"/*) die "$home is inside the repository: ComfyUI is unpacked outside it" ;; esac
