@@ -72,8 +72,10 @@ def find_block_lists(model: nn.Module, names: Optional[Sequence[Any]] = None) ->
     candidates = _candidate_lists(model)
     known = [(n, m) for n, m in candidates if n.rsplit(".", 1)[-1] in KNOWN_BLOCK_LISTS]
     if known:
-        # Keep the lists that live on the same parent as the first known one (the main stack).
-        parent = known[0][0].rsplit(".", 1)[0] if "." in known[0][0] else ""
+        # Keep the lists that live on the same parent as the shallowest known one (the main stack;
+        # Chroma registers its guidance approximator's `layers` before its transformer blocks).
+        main = min(known, key=lambda nm: nm[0].count("."))[0]
+        parent = main.rsplit(".", 1)[0] if "." in main else ""
         return [(n, m) for n, m in known if (n.rsplit(".", 1)[0] if "." in n else "") == parent]
     blocky = [(n, m) for n, m in candidates if _looks_like_block(m[0])]
     if blocky:
