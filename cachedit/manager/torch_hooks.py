@@ -2,9 +2,13 @@
 
 The model's own forward runs unchanged; we only set an instance attribute `forward` on the
 model (to place each call in a run/step/branch) and on the few blocks the engine needs (block 0,
-block Fn-1, the middle blocks): the block protocol (protocol.py) with `BlockIO` translating
-arguments to streams. Removing the attributes restores the class's forward exactly, and the
-state_dict is untouched (no wrapper modules).
+block Fn-1, the middle blocks): the block protocol (protocol.py) with a codec translating
+arguments to streams (`BlockIO`, or a `PatternCodec` when a BlockAdapter declares the pattern).
+Removing the attributes restores the class's forward exactly, and the state_dict is untouched
+(no wrapper modules).
+
+A model has one engine, or (a BlockAdapter listing several block lists) one engine per block list,
+as cache-dit keeps one cache context per list: each call opens a call on every engine.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import dataclasses
 import functools
 import inspect
 import weakref
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -53,13 +57,25 @@ def _scalar(value: Any) -> Union[float, None, DeferredScalar]:
     return None
 
 
-class TorchHooks:
-    """Installs and removes the model-level and block-level hooks of one engine."""
+CodecFactory = Callable[[int, nn.Module], Any]  # (block index in its engine, block) -> StreamCodec
 
-    def __init__(self, engine: CacheEngine, model: nn.Module, block_lists: List[nn.ModuleList]) -> None:
-        self.engine = engine
+
+@dataclasses.dataclass
+class EngineBlocks:
+    """One engine and the blocks it caches, in execution order, with the codec of each."""
+
+    engine: CacheEngine
+    blocks: List[nn.Module]
+    codec: CodecFactory = lambda index, block: BlockIO(block)
+
+
+class TorchHooks:
+    """Installs and removes the model-level and block-level hooks of a model's engine(s)."""
+
+    def __init__(self, model: nn.Module, parts: Sequence[EngineBlocks]) -> None:
+        self.parts = list(parts)
+        self.engine = self.parts[0].engine  # the engine of whole-step caching (a single engine)
         self._model_ref = weakref.ref(model)  # the manager must not keep the model alive
-        self.blocks: List[nn.Module] = [b for bl in block_lists for b in bl]
         self.hooked: List[Any] = []
         sig = inspect.signature(type(model).forward)
         names = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
@@ -80,11 +96,12 @@ class TorchHooks:
         self.hooked.append(weakref.ref(model))
         if self.engine.step_level:
             return
-        for index in self.engine.hooked_blocks():
-            block = self.blocks[index]
-            block_original = type(block).forward.__get__(block)
-            _set_forward(block, self._block_forward(index, block, block_original))
-            self.hooked.append(block)
+        for part in self.parts:
+            for index in part.engine.hooked_blocks():
+                block = part.blocks[index]
+                block_original = type(block).forward.__get__(block)
+                _set_forward(block, block_forward(part.engine, index, part.codec(index, block), block_original))
+                self.hooked.append(block)
 
     def remove(self) -> None:
         """Restore every hooked module's class forward."""
@@ -106,6 +123,7 @@ class TorchHooks:
 
     def _model_forward(self, original: Callable) -> Callable:
         engine = self.engine
+        engines = [part.engine for part in self.parts]
 
         @functools.wraps(original)
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -115,7 +133,10 @@ class TorchHooks:
             if x is None or not engine.enabled or torch.is_grad_enabled() and x.requires_grad:
                 return original(*args, **kwargs)  # training or an odd call: never cache
             timestep = _scalar(self._arg(self._timestep_arg, args, kwargs))
-            call = engine.begin_call(timestep, None, (tuple(x.shape), x.dtype, x.device))
+            signature = (tuple(x.shape), x.dtype, x.device)
+            if len(engines) > 1:
+                return _run_calls(engines, timestep, signature, lambda: original(*args, **kwargs))
+            call = engine.begin_call(timestep, None, signature)
             if call is None:
                 return original(*args, **kwargs)
             if engine.step_level:
@@ -137,10 +158,14 @@ class TorchHooks:
             return holder["out"]
         return _rebuild_output(self._output_template, tensor)
 
-    # -- block level -----------------------------------------------------------------------------
-    def _block_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
-        """The block protocol with `BlockIO` as codec and the class forward as the original."""
-        return block_forward(self.engine, index, BlockIO(block), original)
+
+def _run_calls(engines: List[CacheEngine], timestep: Any, signature: tuple, run: Callable[[], Any]) -> Any:
+    """Open one call per engine (each block list is its own cache context), run, close them all."""
+    calls = [(e, e.begin_call(timestep, None, signature)) for e in engines]
+    for engine, call in reversed(calls):
+        if call is not None:
+            run = functools.partial(engine.run_call, call, run)
+    return run()
 
 
 def _main_output(out: Any) -> torch.Tensor:
