@@ -5,28 +5,35 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from torch import nn
 
+from .adapters.block_adapter import BlockAdapter
 from .config import (
     LEGACY_CACHE_KWARGS,
     LEGACY_CALIBRATOR_KWARGS,
     BasicCacheConfig,
+    CacheOptions,
     CalibratorConfig,
     GlobalConfig,
     resolve_options,
 )
+from .config.params_modifier import flatten_modifiers
+from .config.yaml import CALIBRATOR_KEYS, load_cache_config
 from .events import report
 from .events.stats import CacheStats
+from .events.summary_log import log_summary
 from .manager import get_manager
 from .manager.blocks import NoBlocksFoundError
+from .manager.manager import ListSpec
+from .manager.patterns import PatternCodec
 
 logger = logging.getLogger("cachedit")
 
 # cache-dit arguments CacheDit accepts and ignores (it runs no parallelism/quantization of its own).
-_IGNORED_CACHE_DIT_KWARGS = ("params_modifiers", "parallelism_config", "attention_backend", "quantize_config",
-                             "cache_type", "extra_cache_config")
+_IGNORED_CACHE_DIT_KWARGS = ("parallelism_config", "attention_backend", "quantize_config", "cache_type",
+                             "extra_cache_config")
 _TRANSFORMER_ATTRS = ("transformer", "transformer_2", "transformer_3")
 
 
@@ -35,16 +42,22 @@ def _is_comfy_patcher(obj: Any) -> bool:
 
 
 def _targets(obj: Any) -> List[nn.Module]:
-    """The modules to accelerate in `obj`: a pipeline's transformer(s) (or UNet), or `obj` itself."""
+    """The modules to accelerate in `obj`: a BlockAdapter's transformer(s), the transformers a
+    BlockAdapter linked to this pipeline, a pipeline's transformer(s) (or UNet), or `obj` itself."""
+    if isinstance(obj, BlockAdapter):
+        return obj.transformers()
     if isinstance(obj, nn.Module):
         return [obj]
+    linked = get_manager().pipe_modules(obj)
+    if linked:
+        return linked
     found = [getattr(obj, a) for a in _TRANSFORMER_ATTRS if isinstance(getattr(obj, a, None), nn.Module)]
     if not found and isinstance(getattr(obj, "unet", None), nn.Module):
         found = [obj.unet]
     if not found:
         raise ValueError(
             f"obj={type(obj).__name__} is not supported; allowed: a diffusers DiffusionPipeline (with a transformer "
-            f"or unet), a torch.nn.Module, or a ComfyUI ModelPatcher")
+            f"or unet), a torch.nn.Module, a cachedit.BlockAdapter, or a ComfyUI ModelPatcher")
     return found
 
 
@@ -52,6 +65,7 @@ def enable_cache(
     obj: Any,
     cache_config: Optional[BasicCacheConfig] = None,
     calibrator_config: Optional[CalibratorConfig] = None,
+    params_modifiers: Any = None,
     *,
     strategy: Optional[str] = None,
     skip_interval: Optional[int] = None,
@@ -64,14 +78,17 @@ def enable_cache(
     name: Optional[str] = None,
     **legacy: Any,
 ) -> Any:
-    """Accelerate a pipeline, transformer, any DiT module, or a ComfyUI ModelPatcher; returns it.
+    """Accelerate a pipeline, transformer, any DiT module, a BlockAdapter, or a ComfyUI ModelPatcher; returns it.
 
     `strategy`: "adaptive" (default; DBCache's measured rule), "fixed" (after `warmup_steps`,
     one step in every `skip_interval` reuses) or "dynamic" (reuse grows with progress, up to
     `skip_interval` steps in a row). `cache_config` / `calibrator_config` and cache-dit's legacy
     keyword arguments (`Fn_compute_blocks=`, `residual_diff_threshold=`, `enable_taylorseer=`...)
     work as in cache-dit. `blocks`: names of the block lists to cache when detection should be
-    overridden. For a ComfyUI ModelPatcher a patched clone is returned; use the return value.
+    overridden. `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
+    cache context, as in cache-dit). `params_modifiers`: a ParamsModifier per block list (with an
+    adapter) or per transformer. For a ComfyUI ModelPatcher a patched clone is returned; use the
+    return value.
     """
     unknown = [k for k in legacy if k not in LEGACY_CACHE_KWARGS + LEGACY_CALIBRATOR_KWARGS + _IGNORED_CACHE_DIT_KWARGS]
     if unknown:
@@ -93,10 +110,45 @@ def enable_cache(
         from .adapters import comfyui  # noqa: PLC0415 (ComfyUI is only importable inside ComfyUI)
 
         return comfyui.enable(obj, options, name=name)
+    if isinstance(obj, BlockAdapter):
+        return _enable_adapter(obj, options, params_modifiers, name)
+    modifiers = flatten_modifiers(params_modifiers)
     for i, module in enumerate(_targets(obj)):
-        entry = manager.accelerate_module(module, copy.deepcopy(options), name=name if i == 0 else None)
+        module_options = modifiers[i].apply(options) if i < len(modifiers) else copy.deepcopy(options)
+        entry = manager.accelerate_module(module, module_options, name=name if i == 0 else None)
         report.warn_setup(entry.engine)
     return obj
+
+
+def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifiers: Any, name: Optional[str]) -> BlockAdapter:
+    """Hook the lists a BlockAdapter names: one engine per list, modifier i for list i (cache-dit's order)."""
+    plans = adapter.plan()
+    modifiers = flatten_modifiers(adapter.params_modifiers if adapter.params_modifiers is not None else params_modifiers)
+    if adapter.has_separate_cfg and options.cache_config.enable_separate_cfg is None:
+        options.cache_config.enable_separate_cfg = True  # as cache-dit reads the adapter's flag
+    k, planned = 0, []
+    for i, plan in enumerate(plans):  # every list checked before anything is hooked
+        label = name if i == 0 and name else type(plan.transformer).__name__
+        specs = []
+        for list_name, blocks, pattern in zip(plan.names, plan.blocks, plan.patterns):
+            list_options = modifiers[k].apply(options) if k < len(modifiers) else copy.deepcopy(options)
+            k += 1
+            codec = None
+            if pattern is not None:
+                if not pattern.Return_H_Only and pattern.Forward_H_only and list_options.cache_config.Fn_compute_blocks < 1:
+                    raise ValueError(f"Fn_compute_blocks=0 with forward_pattern={pattern} ({label}.{list_name}); allowed: "
+                                     f">= 1 (the encoder stream this pattern returns starts at a computed block)")
+                codec = PatternCodec(pattern, blocks[0], f"{label}.{list_name}").view
+            specs.append(ListSpec(list_name, blocks, list_options, codec))
+        planned.append((plan.transformer, specs, label))
+    manager = get_manager()
+    for transformer, specs, label in planned:
+        entry = manager.accelerate_lists(transformer, specs, name=label)
+        for engine in entry.engines:
+            report.warn_setup(engine)
+    if adapter.pipe is not None:
+        manager.link_pipe(adapter.pipe, [p.transformer for p in plans])
+    return adapter
 
 
 def disable_cache(obj: Any) -> Any:
@@ -111,6 +163,9 @@ def disable_cache(obj: Any) -> Any:
     manager = get_manager()
     for module in _targets(obj):
         manager.release(module)
+    pipe = obj.pipe if isinstance(obj, BlockAdapter) else obj
+    if pipe is not None and not isinstance(pipe, nn.Module):
+        manager.unlink_pipe(pipe)
     return obj
 
 
@@ -128,40 +183,19 @@ def _entries_of(obj: Any) -> list:
 
 
 def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any) -> List[CacheStats]:
-    """Per accelerated module: cache-dit's CacheStats fields plus hit rate, blocks computed/skipped
-    and estimated compute saved. Logs cache-dit's table when `logging` is True."""
+    """Per accelerated module (per block list with a BlockAdapter): cache-dit's CacheStats fields
+    plus hit rate, blocks computed/skipped and estimated compute saved. With `logging`, logs
+    cache-dit's statistics table through the "cachedit" logger; `details=True` adds the reused
+    steps and every step's measured diff."""
     manager = get_manager()
     results: List[CacheStats] = []
     for entry in _entries_of(obj):
-        stats = manager.snapshot(entry)
-        results.append(stats)
-        if logging:
-            _log_summary(entry.name, stats, details)
+        for engine in entry.engines:
+            stats = manager.snapshot(entry, engine)
+            results.append(stats)
+            if logging:
+                log_summary(stats, details)
     return results or [CacheStats()]
-
-
-def _log_summary(name: str, s: CacheStats, details: bool) -> None:
-    def row(label: str, cached: int, diffs: Dict[str, float]) -> None:
-        values = sorted(v for v in diffs.values() if v >= 0) or [0.0]
-
-        def q(p: float) -> float:
-            return round(report.percentile(values, p), 3)
-
-        logger.info("| %s | Diffs P00 | Diffs P25 | Diffs P50 | Diffs P75 | Diffs P95 | Diffs Min | Diffs Max |", label)
-        logger.info("|-------------|-----------|-----------|-----------|-----------|-----------|-----------|-----------|")
-        logger.info("| %-11d | %-9s | %-9s | %-9s | %-9s | %-9s | %-9s | %-9s |", cached, q(0), q(0.25), q(0.5), q(0.75),
-                    q(0.95), round(values[0], 3), round(values[-1], 3))
-
-    logger.info("\n⚡️Cache Steps and Residual Diffs Statistics: %s, Executed Steps: %d, Transformer Executed Steps: %d\n",
-                name, s.accumulated_executed_steps, s.accumulated_transformer_executed_steps)
-    row("Cache Steps", s.accumulated_cached_steps, s.residual_diffs)
-    if s.cfg_cached_steps or s.cfg_residual_diffs:
-        row("CFG Cache Steps", s.cfg_accumulated_cached_steps, s.cfg_residual_diffs)
-    logger.info("CacheDit: strategy=%s hit_rate=%.1f%% blocks computed/skipped=%d/%d estimated compute saved=%.1f%%",
-                s.strategy, 100 * s.hit_rate, s.blocks_computed, s.blocks_skipped, 100 * s.estimated_compute_saved)
-    if details:
-        logger.info("Cache Steps: %d, %s", s.accumulated_cached_steps, s.cached_steps)
-        logger.info("Residual Diffs: %d, %s", len(s.residual_diffs), s.residual_diffs)
 
 
 def strify(obj: Any) -> str:
@@ -195,29 +229,35 @@ def strify(obj: Any) -> str:
 
 
 def refresh_context(obj: Any, **kwargs: Any) -> Any:
-    """Start a fresh run on the next call, optionally with new settings (`num_inference_steps=`,
-    any DBCacheConfig field, or `cache_config=` / `calibrator_config=`), as in cache-dit."""
+    """Start a fresh run on the next call, optionally with new settings, as in cache-dit:
+    `num_inference_steps=`, any DBCacheConfig field, the TaylorSeer keys (`enable_taylorseer=`,
+    `taylorseer_order=`...), or `cache_config=` / `calibrator_config=`. Accepts what enable_cache
+    accepted (a pipeline, transformer or BlockAdapter); every block list's context is refreshed."""
     kwargs.pop("verbose", None)
     entries = _entries_of(obj)
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache first")
+    unknown = [k for k in kwargs if k not in LEGACY_CACHE_KWARGS + CALIBRATOR_KEYS + ("cache_config", "calibrator_config")]
+    if unknown:
+        raise ValueError(f"{unknown[0]}={kwargs[unknown[0]]!r} is not a refresh_context argument; allowed: "
+                         f"cache_config, calibrator_config, {', '.join(LEGACY_CACHE_KWARGS + CALIBRATOR_KEYS)}")
+    fields = {k: v for k, v in kwargs.items() if k not in ("cache_config", "calibrator_config")}
+    partial, calibrator = load_cache_config(fields, reset=True)  # the fields given, all others None
     for entry in entries:
-        engine = entry.engine
-        options = copy.deepcopy(engine.options)
-        if "cache_config" in kwargs and kwargs["cache_config"] is not None:
-            new = kwargs["cache_config"]
-            options.cache_config = type(options.cache_config)(**{f.name: copy.deepcopy(getattr(new, f.name))
-                                                                  for f in dataclasses.fields(BasicCacheConfig)})
-        if "calibrator_config" in kwargs:
-            options.calibrator_config = copy.deepcopy(kwargs["calibrator_config"])
-        unknown = [k for k in kwargs if k not in LEGACY_CACHE_KWARGS and k not in ("cache_config", "calibrator_config")]
-        if unknown:
-            raise ValueError(f"{unknown[0]}={kwargs[unknown[0]]!r} is not a refresh_context argument; allowed: "
-                             f"cache_config, calibrator_config, {', '.join(LEGACY_CACHE_KWARGS)}")
-        options.cache_config.update(**{k: v for k, v in kwargs.items() if k in LEGACY_CACHE_KWARGS})
-        options.validate()
-        engine.finish_run()
-        engine.reconfigure(options)
+        for engine in entry.engines:
+            options = copy.deepcopy(engine.options)
+            if kwargs.get("cache_config") is not None:
+                new = kwargs["cache_config"]
+                options.cache_config = type(options.cache_config)(**{f.name: copy.deepcopy(getattr(new, f.name))
+                                                                      for f in dataclasses.fields(BasicCacheConfig)})
+            if "calibrator_config" in kwargs:
+                options.calibrator_config = copy.deepcopy(kwargs["calibrator_config"])
+            elif "enable_taylorseer" in fields:
+                options.calibrator_config = copy.deepcopy(calibrator)
+            options.cache_config.update(**partial.as_dict())
+            options.validate()
+            engine.finish_run()
+            engine.reconfigure(options)
         entry.rehook()
     return obj
 
@@ -243,8 +283,9 @@ def set_global_config(
     manager.global_config = new
     if global_debug is not None:
         for entry in manager.entries():
-            entry.engine.options.debug = global_debug
-            manager.logs.set_model(entry.key, debug=global_debug, log_runs=entry.engine.options.log_runs)
+            for engine in entry.engines:
+                engine.options.debug = global_debug
+                manager.logs.set_model(engine.key, debug=global_debug, log_runs=engine.options.log_runs)
     return new
 
 
@@ -264,7 +305,8 @@ def reset_cache_stats(obj: Any = None) -> None:
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache, or None")
     for entry in entries:
-        manager.stats.reset(entry.key)
+        for engine in entry.engines:
+            manager.stats.reset(engine.key)
 
 
 __all__ = ["NoBlocksFoundError", "disable_cache", "enable_cache", "get_global_stats", "refresh_context",
