@@ -300,3 +300,12 @@ def test_enable_twice_replaces_the_first_and_disable_restores():
     assert len(cachedit.get_manager().entries()) == 1
     cachedit.disable_cache(adapter)
     assert _forwards_hooked(model) == 0 and torch.equal(sample(model, "Pattern_0", 12), reference)
+
+
+@pytest.mark.parametrize("name", ["BlockAdapter", "ForwardPattern", "ParamsModifier", "load_configs", "load_cache_config",
+                                  "load_options", "load_parallelism_config", "supported_pipelines", "get_adapter",
+                                  "block_range"])
+def test_new_public_names_are_cache_dits_and_documented(name):
+    cache_dit = pytest.importorskip("cache_dit")
+    assert hasattr(cache_dit, name) and name in cachedit.__all__
+    assert getattr(cachedit, name).__doc__.strip()
