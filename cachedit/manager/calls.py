@@ -60,6 +60,9 @@ class CallRequest:
     signature: tuple  # (shape, dtype, device) of the main input: a change gives the branch fresh buffers
     total_steps: Optional[int] = None
     step_index: Optional[int] = None  # the caller knows the step (ComfyUI's sigma schedule)
+    # The caller's own sampling progress in [0, 1], used instead of RunState.progress (ComfyUI: the
+    # sigma's percent through model_sampling, so start/end_percent mean what ComfyUI's nodes mean).
+    progress: Optional[float] = None
 
 
 class CallState:
@@ -124,7 +127,7 @@ class CallPlacer:
             branch.begin_step(step)
             run.executed_calls += 1
             call.run, call.step, call.branch, call.branch_key = run, step, branch, key
-            call.progress = run.progress(timestep)
+            call.progress = request.progress if request.progress is not None else run.progress(timestep)
             call.timestep = timestep
 
     def abort(self, call: CallState) -> None:

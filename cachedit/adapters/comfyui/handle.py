@@ -1,5 +1,6 @@
-"""What a patched ComfyUI ModelPatcher carries: its engine, its hook layout, and the sigma schedule
-of the sampling run in progress (which turns each call's sigma into a step index)."""
+"""What a patched ComfyUI ModelPatcher carries: its engine, its hook layout, the sigma schedule
+of the sampling run in progress (which turns each call's sigma into a step index) and the sigma ->
+progress map (progress.py) that gives start/end_percent ComfyUI's meaning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ...manager.engine import CacheEngine
+from .progress import SigmaProgress
 
 KEY = "cachedit"  # wrapper key and attachment name on the ModelPatcher
 
@@ -28,6 +30,7 @@ class _Handle:
         self._exact: Dict[float, List[int]] = {}
         self._neg: List[float] = []
         self._last = 0
+        self.progress = SigmaProgress()  # progress(model_sampling, sigma) -> ComfyUI's percent
 
     def set_schedule(self, sigmas: Any, from_outer_sample: bool = True) -> None:
         """Record a run's sigmas (one device->host copy per run)."""

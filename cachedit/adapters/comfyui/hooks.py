@@ -4,8 +4,9 @@ removed from a ModelPatcher through ComfyUI's official extension points only.
 * a keyed `WrappersMP.OUTER_SAMPLE` wrapper: one sampling run = one engine run (closed before and,
   in a `finally`, after sampling, so a cancelled run leaves nothing behind); records the sigmas;
 * a keyed `WrappersMP.APPLY_MODEL` wrapper (runs for every model, SD3 included): opens each model
-  call with its step and CFG branch (keyed by the conditioning uuids) and, for models without
-  hookable blocks, reuses whole steps;
+  call with its step, its progress as ComfyUI measures it (the sigma's percent, progress.py) and
+  CFG branch (keyed by the conditioning uuids) and, for models without hookable blocks, reuses
+  whole steps;
 * block hooks on the blocks the engine gives a role, both driving the block protocol:
   `patches_replace["dit"]` patches where the model honours them (`ReplaceCodec`), and object
   patches of a block's `forward` where it does not (`BlockIO`). Object patches keep state_dict
@@ -140,8 +141,11 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         sigmas = to.get("sigmas", t)
         sigma = float(sigmas.reshape(-1)[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
         step, total = handle.step_of(sigma, to)
+        # progress = the sigma's percent through the model's sampling (executor.class_obj is the
+        # BaseModel, whose model_sampling carries a ModelSampling* node's shift while it samples)
+        progress = handle.progress(getattr(getattr(executor, "class_obj", None), "model_sampling", None), sigma)
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
-                                 total_steps=total, step_index=step)
+                                 total_steps=total, step_index=step, progress=progress)
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):

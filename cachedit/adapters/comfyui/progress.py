@@ -1,0 +1,69 @@
+"""Sampling progress from a call's sigma, the way ComfyUI's own nodes measure it.
+
+ComfyUI's `start_percent` / `end_percent` (EasyCache, LazyCache, ControlNet, hooks) are not step
+fractions: each is turned into a sigma by the model's `model_sampling.percent_to_sigma`, and a
+call is inside the window when `percent_to_sigma(end) < sigma <= percent_to_sigma(start)`. That
+makes the window the same for every sampler, scheduler and step split: in a Wan 2.2 workflow the
+high-noise and the low-noise expert (two samplers, steps 0-10 and 10-20) each see the part of
+the window that falls in their sigma range.
+
+The engine compares its window with a call's *progress*, so the adapter hands it this progress:
+the percent p whose sigma is this call's sigma (the inverse of `percent_to_sigma`, found by
+bisection since every model_sampling class has its own formula). With it the engine's test
+`start <= p <= end` is exactly ComfyUI's sigma test above.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+_ITERATIONS = 48  # bisection steps: the percent to ~4e-15
+
+
+def sigma_percent(model_sampling: Any, sigma: float) -> float:
+    """The percent of sampling done at `sigma`: the smallest p in [0, 1] with
+    `percent_to_sigma(p) < sigma` (1.0 for sigma <= percent_to_sigma(1) = 0).
+
+    So `start <= p` holds exactly when sigma <= percent_to_sigma(start), and `p <= end` when
+    sigma > percent_to_sigma(end): ComfyUI's own window rule (EasyCache's `is_past_end_timestep`)."""
+    def sigma_at(p: float) -> float:
+        return float(model_sampling.percent_to_sigma(p))
+
+    if sigma_at(1.0) >= sigma:
+        return 1.0
+    if sigma_at(0.0) < sigma:
+        return 0.0
+    lo, hi = 0.0, 1.0  # invariant: sigma_at(lo) >= sigma > sigma_at(hi)
+    for _ in range(_ITERATIONS):
+        mid = (lo + hi) / 2.0
+        if sigma_at(mid) >= sigma:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+class SigmaProgress:
+    """`sigma_percent` per (model_sampling, sigma), cached: a run asks once per schedule entry.
+    The cache follows the model_sampling object, so a shift changed by a ModelSampling* node
+    (an object patch) is seen on the next run."""
+
+    def __init__(self) -> None:
+        self._sampling: Any = None
+        self._cache: Dict[float, float] = {}
+
+    def __call__(self, model_sampling: Any, sigma: Optional[float]) -> Optional[float]:
+        """The progress of a call at `sigma`, or None (no sigma, or no usable model_sampling:
+        the engine then counts progress in steps)."""
+        if sigma is None or model_sampling is None or not hasattr(model_sampling, "percent_to_sigma"):
+            return None
+        if model_sampling is not self._sampling:
+            self._sampling, self._cache = model_sampling, {}
+        progress = self._cache.get(sigma)
+        if progress is None:
+            try:
+                progress = sigma_percent(model_sampling, sigma)
+            except Exception:  # an unusual model_sampling must never break sampling
+                return None
+            self._cache[sigma] = progress
+        return progress
