@@ -11,7 +11,7 @@ from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS
 from cachedit.manager.strategies import STRATEGIES
 from comfy_api.latest import io
 
-CATEGORY = "CacheDit"
+from .schema import make_schema
 
 
 class CacheDitAccelerate(io.ComfyNode):
@@ -19,10 +19,10 @@ class CacheDitAccelerate(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return make_schema(
             node_id="CacheDitAccelerate",
-            display_name="CacheDit Accelerate | CacheDit 模型加速",
-            category=CATEGORY,
+            display_name="CacheDit Accelerate",
+            search_aliases=("model speedup", "模型加速"),
             description="Speeds up sampling of diffusion transformers (Flux, Wan, Qwen-Image, HunyuanVideo, LTXV, SD3, "
                         "Lumina2, HiDream...) by reusing the middle blocks' work on steps where it barely changes. "
                         "Adaptive defaults; other models fall back to whole-step reuse.",
@@ -45,10 +45,10 @@ class CacheDitAdvancedConfig(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = ADAPTIVE_DEFAULTS
-        return io.Schema(
+        return make_schema(
             node_id="CacheDitAdvancedConfig",
-            display_name="CacheDit Advanced Config | CacheDit 高级配置",
-            category=CATEGORY,
+            display_name="CacheDit Advanced Config",
+            search_aliases=("residual diff threshold", "TaylorSeer", "Fn Bn", "高级配置", "阈值"),
             description="CacheDit with every setting exposed: the strategy (adaptive, fixed, dynamic), DBCache's "
                         "Fn/Bn blocks and threshold, TaylorSeer, warmup and the sampling window.",
             inputs=[
@@ -84,9 +84,13 @@ class CacheDitAdvancedConfig(io.ComfyNode):
                 io.Int.Input("taylorseer_order", default=max(1, ADAPTIVE_DEFAULT_TAYLORSEER_ORDER), min=1, max=4,
                              tooltip="Order of the TaylorSeer extrapolation (1 = linear)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Reuse only after this fraction of the sampling steps."),
+                               tooltip="Reuse only from this point of the denoising on, measured in noise level "
+                                       "(sigma) like ComfyUI's EasyCache and ControlNet percents: the same "
+                                       "point for every sampler, scheduler and step split (Wan 2.2's two "
+                                       "experts)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Reuse only before this fraction of the sampling steps."),
+                               tooltip="Reuse only until this point of the denoising, measured in noise level "
+                                       "(sigma) like start_percent."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
@@ -94,8 +98,13 @@ class CacheDitAdvancedConfig(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent=None, end_percent=None, **kwargs) -> bool | str:
-        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+    def validate_inputs(cls, start_percent: float, end_percent: float) -> bool | str:
+        """The window must not be empty. Named arguments only (no **kwargs): ComfyUI skips its own
+        min/max checks for every input a validate_inputs receives, so the others keep them."""
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            if not 0.0 <= value <= 1.0:
+                return f"{name}={value} is outside 0..1"
+        if start_percent > end_percent:
             return f"start_percent={start_percent} is above end_percent={end_percent}; allowed: start_percent <= end_percent"
         return True
 
@@ -117,10 +126,10 @@ class CacheDitCacheControl(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return make_schema(
             node_id="CacheDitCacheControl",
-            display_name="CacheDit Cache Control | CacheDit 缓存控制",
-            category=CATEGORY,
+            display_name="CacheDit Cache Control",
+            search_aliases=("disable cache", "bypass cache", "cache off", "缓存控制", "关闭缓存"),
             description="Turns CacheDit off (or leaves it on) for the model passing through, without rewiring. "
                         "Off gives exactly the original model's output.",
             inputs=[
