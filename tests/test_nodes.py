@@ -8,7 +8,9 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -23,30 +25,39 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def _locale(lang):
-    with open(os.path.join(REPO, "locales", lang, "main.json"), encoding="utf-8") as f:
+    """What ComfyUI serves as the pack's `nodeDefs` for `lang` (locales/<lang>/nodeDefs.json)."""
+    with open(os.path.join(REPO, "locales", lang, "nodeDefs.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_locale_lists_every_node(lang):
-    defs = _locale(lang)["nodeDefs"]
+    defs = _locale(lang)
     assert sorted(defs) == sorted(NODE_IDS)
     for node_id, d in defs.items():
         assert d["display_name"] and d["description"]
         assert d["inputs"] and all(v["name"] and v["tooltip"] for v in d["inputs"].values()), node_id
         assert d["outputs"] and all(v["name"] and v["tooltip"] for v in d["outputs"].values()), node_id
         assert sorted(d["outputs"]) == [str(i) for i in range(len(d["outputs"]))]
+        names = [v["name"] for v in d["outputs"].values()]
+        assert len(set(names)) == len(names), (lang, node_id, names)  # no two outputs share a name
 
 
-def test_locales_agree_and_are_bilingual():
-    en, zh = _locale("en")["nodeDefs"], _locale("zh")["nodeDefs"]
+def test_locales_agree_and_each_is_one_language():
+    """English names are plain English, Chinese ones Chinese: no "English | 中文" (the frontend
+    reads " | " as a plural separator and shows one half)."""
+    en, zh = _locale("en"), _locale("zh")
     for node_id in NODE_IDS:
         assert set(en[node_id]["inputs"]) == set(zh[node_id]["inputs"])
         assert set(en[node_id]["outputs"]) == set(zh[node_id]["outputs"])
-        # both names on every node: "English | 中文" (en) and "中文 | English" (zh)
-        assert en[node_id]["display_name"].startswith("CacheDit ") and CJK.search(en[node_id]["display_name"])
-        assert CJK.search(zh[node_id]["display_name"].split("|")[0]) and "CacheDit" in zh[node_id]["display_name"]
+        assert en[node_id]["display_name"].startswith("CacheDit ") and not CJK.search(en[node_id]["display_name"])
+        assert zh[node_id]["display_name"].startswith("CacheDit ") and CJK.search(zh[node_id]["display_name"])
+        for lang in (en, zh):
+            assert "|" not in lang[node_id]["display_name"]
+        assert CJK.search(zh[node_id]["description"])
         assert all(CJK.search(v["tooltip"]) for v in zh[node_id]["inputs"].values())
+        assert all(CJK.search(v["tooltip"]) for v in zh[node_id]["outputs"].values())
+        assert not any(CJK.search(v["tooltip"]) for v in en[node_id]["inputs"].values())
 
 
 def _load_root_package():
@@ -74,6 +85,33 @@ def test_root_package_outside_comfyui_registers_nothing():
     assert adapter.enable and adapter.disable and adapter.entries
 
 
+def test_root_package_in_old_comfyui_warns_what_to_update(tmp_path):
+    """Inside a ComfyUI without `comfy_api.latest` (older than 0.3.48) the pack registers nothing
+    and logs a WARNING naming the minimum ComfyUI version (a fresh process: a stand-in `comfy`
+    package is importable, `comfy_api` is not)."""
+    (tmp_path / "comfy").mkdir()
+    (tmp_path / "comfy" / "__init__.py").write_text("")
+    script = textwrap.dedent(f"""
+        import importlib.util, logging, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+        spec = importlib.util.spec_from_file_location("pack", {os.path.join(REPO, "__init__.py")!r},
+                                                      submodule_search_locations=[{REPO!r}])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pack"] = module
+        spec.loader.exec_module(module)
+        print("MAPPINGS", module.NODE_CLASS_MAPPINGS, hasattr(module, "comfy_entrypoint"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_PATH")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MAPPINGS {} False" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING cachedit ")]
+    assert len(warnings) == 1 and "ComfyUI 0.3.48 or newer" in warnings[0] and "comfy_api" in warnings[0], \
+        result.stderr[-3000:]
+
+
 def test_root_package_inside_comfyui_exports_the_four_nodes():
     if not _has_comfy():
         pytest.skip("node definitions import ComfyUI's comfy_api (run tests/comfyui with COMFYUI_PATH set for the "
@@ -89,7 +127,53 @@ def test_requirements_leave_torch_to_comfyui():
     assert not {"torch", "torchvision", "comfyui"} & set(names)
 
 
-@pytest.mark.parametrize("workflow", sorted(os.listdir(os.path.join(REPO, "example_workflows"))))
+def _pyproject() -> dict:
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_registry_metadata():
+    """What the ComfyUI registry reads from pyproject.toml: an id of our own (no "ComfyUI", no
+    case-insensitive clash with the existing "ComfyUI-CacheDiT"), the required Repository url,
+    classifiers, the Apache-2.0 LICENSE file, [tool.comfy] and the first ComfyUI with the V3 API."""
+    project, comfy = _pyproject()["project"], _pyproject()["tool"]["comfy"]
+    name = project["name"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([-_.][A-Za-z0-9]+)*", name) and len(name) < 100
+    assert "comfyui" not in name.lower() and name.lower() not in {"comfyui-cachedit", "cache-dit", "cachedit"}
+    assert project["urls"]["Repository"].startswith("https://github.com/")
+    assert "Operating System :: OS Independent" in project["classifiers"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    with open(os.path.join(REPO, "LICENSE"), encoding="utf-8") as f:
+        assert "Apache License" in f.read(200)
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].startswith("https://")
+    assert comfy["includes"] == [] and comfy["requires-comfyui"] == ">=0.3.48"
+
+
+def test_dependencies_are_requirements_txt():
+    """pip and ComfyUI users get one list: pyproject reads requirements.txt (no torch in it)."""
+    config = _pyproject()
+    assert "dependencies" in config["project"]["dynamic"] and "dependencies" not in config["project"]
+    assert config["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}
+
+
+def test_comfyignore_keeps_what_comfyui_needs():
+    """The registry package leaves out tests, benchmarks, scripts, docs images and the demo weights,
+    and keeps the nodes, the library, the frontend extension, locales and example workflows (the
+    package is loaded and run in ComfyUI by tests/comfyui/test_nodes_comfyui.py)."""
+    with open(os.path.join(REPO, ".comfyignore"), encoding="utf-8") as f:
+        patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert {"tests/", "benchmarks/", "scripts/", "docs/", "cachedit/bundled/*.safetensors"} <= set(patterns)
+    for kept in ("nodes/", "cachedit/", "web/", "locales/", "example_workflows/", "__init__.py"):
+        assert not any(p.rstrip("/") == kept.rstrip("/") for p in patterns), kept
+
+
+WORKFLOWS = sorted(f for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
+SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
 def test_example_workflow_is_consistent(workflow):
     with open(os.path.join(REPO, "example_workflows", workflow), encoding="utf-8") as f:
         wf = json.load(f)
@@ -102,5 +186,5 @@ def test_example_workflow_is_consistent(workflow):
         d = next(n for n in wf["nodes"] if n["id"] == dst)
         assert link_id in s["outputs"][src_slot]["links"] and d["inputs"][dst_slot]["link"] == link_id
     types = [n["type"] for n in wf["nodes"]]
-    assert "CacheDitAccelerate" in types and ("KSampler" in types or "KSamplerAdvanced" in types)
+    assert "CacheDitAccelerate" in types and SAMPLERS & set(types)
     assert set(t for t in types if t.startswith("CacheDit")) <= set(NODE_IDS)
