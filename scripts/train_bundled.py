@@ -1,36 +1,59 @@
-"""Train the tiny class-conditional FLUX DiT bundled in ``cachedit/bundled`` (sklearn digits).
+"""Train the tiny class-conditional digit DiTs bundled in ``cachedit/bundled`` (sklearn digits).
 
-Usage (from the repository root; the defaults reproduce the committed weights)::
+One recipe, three diffusers layouts (``--arch``; see ``cachedit/bundled/archs.py`` for how each
+is called):
 
-    python scripts/train_bundled.py --device cuda --steps 2500 --batch-size 128   # how the committed weights were made
-    python scripts/train_bundled.py                      # the same on CPU (slow: about an hour on 2 cores)
-    python scripts/train_bundled.py --out-dir /tmp/digits --steps 300   # quick experiment elsewhere
-    python scripts/train_bundled.py --eval-only          # only evaluate the committed weights
-    python scripts/train_bundled.py --eval-only --eval-images 80 --grid /tmp/digits.png
+* ``flux``: ``FluxTransformer2DModel``, 2 double-stream + 10 single-stream blocks, inner dim 160;
+* ``wan``: ``WanTransformer3DModel``, 8 blocks (self-attention, cross-attention to the label
+  tokens, FFN 512), inner dim 128, the image as one frame;
+* ``qwen``: ``QwenImageTransformer2DModel``, 6 joint-attention blocks, inner dim 128.
 
-The evaluation prints the digit accuracy (28 steps, CFG 3) for euler/heun and batched/separate
-CFG, the time of one 28-step batched-CFG generation of 8 images, and the per-step relative L1
-change of the first double block's hidden-state residual (how "cacheable" the model is).
+Usage (from the repository root; with no options but ``--arch`` the defaults reproduce the
+committed weights, see ``DEFAULTS``)::
 
-Options: ``--steps N`` (optimizer steps), ``--batch-size``, ``--lr``, ``--min-lr``,
+    python scripts/train_bundled.py --arch flux --device cuda   # how digits_flux.* were made (H200)
+    python scripts/train_bundled.py --arch wan                  # digits_wan.*  (CPU, 1 thread)
+    python scripts/train_bundled.py --arch qwen                 # digits_qwen.* (CPU, 1 thread)
+    python scripts/train_bundled.py --arch wan --out-dir /tmp/digits --steps 300   # quick experiment elsewhere
+    python scripts/train_bundled.py --arch qwen --eval-only --eval-images 80 --grid /tmp/qwen.png
+
+The evaluation (``cachedit.bundled.evaluate``) prints the digit accuracy (28 steps, CFG 3) for
+euler/heun and batched/separate CFG, the time of one 28-step batched-CFG generation of 8 images,
+and the per-step relative L1 change of the first block's hidden-state residual (how "cacheable"
+the model is).
+
+Options: ``--arch``, ``--steps N`` (optimizer steps), ``--batch-size``, ``--lr``, ``--min-lr``,
 ``--warmup``, ``--ema-decay``, ``--cond-drop`` (label-dropout probability to the null label 10),
-``--t-sampling {logit_normal,uniform}``, ``--seed``, ``--threads`` (default 2),
-``--device`` (default cpu), ``--out-dir`` (default ``cachedit/bundled``),
-``--eval-images N`` (generated images for the final accuracy report, 0 = skip),
-``--grid PATH`` (also write a PNG grid of evaluation samples),
+``--t-sampling {logit_normal,uniform}``, ``--seed``, ``--threads``, ``--device`` (default cpu),
+``--out-dir`` (default ``cachedit/bundled``), ``--eval-images N`` (generated images for the
+final accuracy report, 0 = skip), ``--grid PATH`` (also write a PNG grid of evaluation samples),
 ``--sigma-shift`` (sampling-schedule shift written into the config).
 
 What it does: loads ``sklearn.datasets.load_digits`` (1797 8x8 images), upscales them
-bilinearly to 16x16 in [-1, 1], packs them 2x2 into 64 tokens of 4 channels (as diffusers'
-FluxPipeline packs latents) and trains a ``diffusers.FluxTransformer2DModel`` (2 double-stream
-+ 10 single-stream blocks, inner dim 160) plus a label embedder with flow matching (rectified
-flow): ``x_s = (1 - s) x0 + s noise``, target ``v = noise - x0``, ``s`` logit-normal, 10%
-label dropout for classifier-free guidance, AdamW with warmup + cosine decay, EMA weights.
-The EMA weights are written in fp16 to ``digits_flux.safetensors`` (keys ``transformer.*`` and
-``label_embedder.*``) with ``digits_flux_config.json``.  Seeded and deterministic on a given
-machine/thread count. The committed weights came from one H200 run (2500 steps, batch 128,
-147 s of training, final EMA loss 0.112; accuracy 1.000 on 200 images for euler and heun,
-batched and separate CFG, 0.985 without CFG).
+bilinearly to 16x16 in [-1, 1], lays them out as the arch's pipeline lays out latents (packed
+2x2 into 64 tokens of 4 channels for Flux and Qwen-Image, [B, 1, 1, 16, 16] for Wan) and trains
+the transformer plus a label embedder (4 "text" tokens, and a pooled vector for Flux) with flow
+matching (rectified flow): ``x_s = (1 - s) x0 + s noise``, target ``v = noise - x0``, ``s``
+logit-normal, 10% label dropout for classifier-free guidance, adaLN-Zero init, AdamW with
+warmup + cosine decay, EMA weights.  The EMA weights are written in fp16 to
+``digits_<arch>.safetensors`` (keys ``transformer.*`` and ``label_embedder.*``) with
+``digits_<arch>_config.json``.  Seeded and deterministic on a given machine/thread count.
+
+How the committed weights were made:
+
+* flux: one H200 run (2500 steps, batch 128, 147 s of training, final EMA loss 0.112; accuracy
+  1.000 on 200 images for euler and heun, batched and separate CFG, 0.985 without CFG).
+* wan: ``--arch wan`` (1200 steps, batch 64, 1 thread) on a 2-core AMD EPYC shared with two other
+  test jobs (load 4-9): 5856 s of training (98 min), final loss 0.131 (smoothed 0.135);
+  2.31 M parameters, 4.6 MB; accuracy 1.000 on 80 images for euler/heun, batched/separate CFG,
+  0.963 without CFG.
+* qwen: ``--arch qwen`` (1200 steps, batch 64, 1 thread), at the same time on the same machine:
+  4500 s of training (75 min), final loss 0.118 (smoothed 0.130); 3.67 M parameters, 7.4 MB;
+  accuracy 1.000 on 80 images for euler/heun, batched/separate CFG, 0.963 without CFG.
+
+The sharing set those times: at load ~2 a batch-64 step took 0.9 s (Wan) and 0.86 s (Qwen-Image)
+with two threads, about 20 minutes per 1200-step run; at load 4-5 one thread ran 2.5x faster per
+step than two (hence ``threads=1`` in ``DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -42,6 +65,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,38 +74,100 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from cachedit.bundled import archs as A  # noqa: E402
 from cachedit.bundled import digits as D  # noqa: E402
+from cachedit.bundled import evaluate as E  # noqa: E402
 
-ARCH = {
+# Architectures: the ``transformer`` section is the diffusers class's config, ``label_embedder``
+# the LabelEmbedder's.  Written verbatim into digits_<arch>_config.json.
+CONFIGS = {
     # 2 double-stream + 10 single-stream blocks (12 in all, so cache-dit's F8B0 has a middle to reuse),
     # inner dim 160 = 4 heads x 40 (RoPE axes 8+16+16).
-    "transformer": {
-        "patch_size": 1,
-        "in_channels": 4,
-        "out_channels": 4,
-        "num_layers": 2,
-        "num_single_layers": 10,
-        "attention_head_dim": 40,
-        "num_attention_heads": 4,
-        "joint_attention_dim": 160,
-        "pooled_projection_dim": 160,
-        "guidance_embeds": False,
-        "axes_dims_rope": [8, 16, 16],
+    "flux": {
+        "transformer": {
+            "patch_size": 1,
+            "in_channels": 4,
+            "out_channels": 4,
+            "num_layers": 2,
+            "num_single_layers": 10,
+            "attention_head_dim": 40,
+            "num_attention_heads": 4,
+            "joint_attention_dim": 160,
+            "pooled_projection_dim": 160,
+            "guidance_embeds": False,
+            "axes_dims_rope": [8, 16, 16],
+        },
+        "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 160,
+                           "pooled_projection_dim": 160},
     },
-    "label_embedder": {
-        "num_embeddings": D.NUM_CLASSES + 1,
-        "num_tokens": 4,
-        "joint_attention_dim": 160,
-        "pooled_projection_dim": 160,
+    # 8 blocks (self-attention, cross-attention to the 4 label tokens, FFN), inner dim 128 = 4 heads x 32,
+    # 3D patch (1, 2, 2) over a one-frame video [B, 1, 1, 16, 16].
+    "wan": {
+        "arch": "wan",
+        "transformer": {
+            "patch_size": [1, 2, 2],
+            "num_attention_heads": 4,
+            "attention_head_dim": 32,
+            "in_channels": 1,
+            "out_channels": 1,
+            "text_dim": 128,
+            "freq_dim": 256,
+            "ffn_dim": 512,
+            "num_layers": 8,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "eps": 1e-06,
+            "rope_max_seq_len": 1024,
+        },
+        "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
+                           "pooled_projection_dim": 0},
     },
+    # 6 joint-attention (dual-stream, MMDiT) blocks, inner dim 128 = 4 heads x 32 (RoPE axes 8+12+12),
+    # 2x2-packed latents [B, 64, 4] like QwenImagePipeline; proj_out emits patch 2x2 x 1 channel.
+    "qwen": {
+        "arch": "qwen",
+        "transformer": {
+            "patch_size": 2,
+            "in_channels": 4,
+            "out_channels": 1,
+            "num_layers": 6,
+            "attention_head_dim": 32,
+            "num_attention_heads": 4,
+            "joint_attention_dim": 128,
+            "guidance_embeds": False,
+            "axes_dims_rope": [8, 12, 12],
+        },
+        "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
+                           "pooled_projection_dim": 0},
+    },
+}
+ARCH = CONFIGS["flux"]  # backwards-compatible name
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """Per-arch defaults of ``--steps`` / ``--batch-size`` / ``--lr`` / ``--threads``: what the committed weights used."""
+
+    steps: int
+    batch_size: int
+    lr: float = 1e-3
+    threads: int = 2
+
+
+DEFAULTS = {
+    "flux": RunDefaults(steps=2500, batch_size=128),  # made with --device cuda (H200)
+    # CPU; one thread: on the shared 2-core machine two threads ran 2.5x slower per step than one
+    "wan": RunDefaults(steps=1200, batch_size=64, threads=1),
+    "qwen": RunDefaults(steps=1200, batch_size=64, threads=1),
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--arch", choices=sorted(CONFIGS), default="flux")
+    p.add_argument("--steps", type=int, default=None, help="default: the arch's RunDefaults")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the arch's RunDefaults")
+    p.add_argument("--lr", type=float, default=None, help="default: the arch's RunDefaults")
     p.add_argument("--min-lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -90,7 +176,7 @@ def parse_args(argv=None):
     p.add_argument("--t-sampling", choices=["logit_normal", "uniform"], default="logit_normal")
     p.add_argument("--zero-init", type=int, default=1, help="zero-init AdaLN modulation and output projection (adaLN-Zero)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads; default: the arch's RunDefaults")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "cachedit", "bundled"))
     p.add_argument("--sigma-shift", type=float, default=1.0)
@@ -98,23 +184,40 @@ def parse_args(argv=None):
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--grid", default=None, help="optional PNG path for a grid of evaluation samples")
     p.add_argument("--log-every", type=int, default=50)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    defaults = DEFAULTS[args.arch]
+    args.steps = defaults.steps if args.steps is None else args.steps
+    args.batch_size = defaults.batch_size if args.batch_size is None else args.batch_size
+    args.lr = defaults.lr if args.lr is None else args.lr
+    args.threads = defaults.threads if args.threads is None else args.threads
+    return args
+
+
+def _zero(*modules: torch.nn.Module) -> None:
+    for m in modules:
+        for p in m.parameters(recurse=False):
+            torch.nn.init.zeros_(p)
 
 
 def zero_init(model: D.DigitsModel) -> None:
     """adaLN-Zero (DiT): every residual branch starts as identity, the output starts at 0."""
     tr = model.transformer
-    for blk in tr.transformer_blocks:
-        for lin in (blk.norm1.linear, blk.norm1_context.linear):
-            torch.nn.init.zeros_(lin.weight)
-            torch.nn.init.zeros_(lin.bias)
-    for blk in tr.single_transformer_blocks:
-        torch.nn.init.zeros_(blk.norm.linear.weight)
-        torch.nn.init.zeros_(blk.norm.linear.bias)
-    torch.nn.init.zeros_(tr.norm_out.linear.weight)
-    torch.nn.init.zeros_(tr.norm_out.linear.bias)
-    torch.nn.init.zeros_(tr.proj_out.weight)
-    torch.nn.init.zeros_(tr.proj_out.bias)
+    if model.arch == "flux":
+        for blk in tr.transformer_blocks:
+            _zero(blk.norm1.linear, blk.norm1_context.linear)
+        _zero(*(blk.norm.linear for blk in tr.single_transformer_blocks))
+        _zero(tr.norm_out.linear, tr.proj_out)
+    elif model.arch == "wan":
+        # modulation = shared time projection + a learned per-block table; both zero -> gates 0
+        _zero(tr.condition_embedder.time_proj, *tr.blocks)  # recurse=False: only each block's scale_shift_table
+        torch.nn.init.zeros_(tr.scale_shift_table)
+        _zero(tr.proj_out)
+    elif model.arch == "qwen":
+        for blk in tr.transformer_blocks:
+            _zero(blk.img_mod[1], blk.txt_mod[1])
+        _zero(tr.norm_out.linear, tr.proj_out)
+    else:
+        raise ValueError(model.arch)
 
 
 def lr_at(step: int, args) -> float:
@@ -136,15 +239,13 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
     params = list(model.transformer.parameters()) + list(model.label_embedder.parameters())
     ema_params = list(ema.transformer.parameters()) + list(ema.label_embedder.parameters())
     n_params = sum(p.numel() for p in params)
-    print(f"parameters: {n_params:,} ({n_params * 2 / 1e6:.2f} MB in fp16)", flush=True)
+    print(f"{args.arch}: {n_params:,} parameters ({n_params * 2 / 1e6:.2f} MB in fp16)", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
 
     images, labels = D.digits_dataset()
-    x_all = D.pack_images(images * 2.0 - 1.0).to(device)  # [N, 64, 4] in [-1, 1]
+    x_all = A.get_arch(args.arch).to_latents(images * 2.0 - 1.0).to(device)  # in [-1, 1], the layout's shape
     y_all = labels.to(device)
     n = x_all.shape[0]
-    img_ids = D.prepare_img_ids(device=device)
-    txt_ids = D.prepare_txt_ids(ARCH["label_embedder"]["num_tokens"], device=device)
     gen = torch.Generator().manual_seed(args.seed + 1)  # data / noise / timestep stream (CPU)
 
     t0 = time.time()
@@ -154,7 +255,7 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
         bsz = args.batch_size
         idx = torch.randint(0, n, (bsz,), generator=gen)
         drop = torch.rand(bsz, generator=gen) < args.cond_drop
-        noise = torch.randn((bsz, x_all.shape[1], x_all.shape[2]), generator=gen)
+        noise = torch.randn((bsz, *x_all.shape[1:]), generator=gen)
         if args.t_sampling == "logit_normal":
             s = torch.sigmoid(torch.randn(bsz, generator=gen))
         else:
@@ -162,21 +263,13 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
         idx, drop, noise, s = idx.to(device), drop.to(device), noise.to(device), s.to(device)
         x0 = x_all[idx]
         y = torch.where(drop, torch.full_like(y_all[idx], D.NULL_LABEL), y_all[idx])
-        xt = (1.0 - s[:, None, None]) * x0 + s[:, None, None] * noise
+        s_b = s.view(-1, *([1] * (x0.ndim - 1)))
+        xt = (1.0 - s_b) * x0 + s_b * noise
         target = noise - x0
 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        ehs, pooled = model.label_embedder(y)
-        pred = model.transformer(
-            hidden_states=xt,
-            encoder_hidden_states=ehs,
-            pooled_projections=pooled,
-            timestep=s,
-            img_ids=img_ids,
-            txt_ids=txt_ids,
-            return_dict=False,
-        )[0]
+        pred = model.transformer(**A.transformer_kwargs(args.arch, xt, s, model.label_embedder(y)))[0]
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,18 +291,19 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
                 flush=True,
             )
     train_time = time.time() - t0
-    info = {"final_loss": loss_val, "final_loss_smoothed": running, "steps": args.steps}
+    info = {"final_loss": loss_val, "final_loss_smoothed": running, "steps": args.steps, "train_time_s": train_time}
     return ema, info, train_time
 
 
 def build_fresh(args) -> D.DigitsModel:
-    model = D.build_model(ARCH)
+    model = D.build_model(CONFIGS[args.arch])
     if args.zero_init:
         zero_init(model)
     return model
 
 
-def save(model: D.DigitsModel, info: dict, args) -> None:
+def save(model: D.DigitsModel, info: dict, args) -> tuple[str, str]:
+    """Write the EMA weights (fp16) and the config JSON; returns their paths."""
     from safetensors.torch import save_file
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -217,14 +311,14 @@ def save(model: D.DigitsModel, info: dict, args) -> None:
     for prefix, mod in (("transformer.", model.transformer), ("label_embedder.", model.label_embedder)):
         for k, v in mod.state_dict().items():
             state[prefix + k] = v.detach().to("cpu", torch.float16).contiguous()
-    weights = os.path.join(args.out_dir, os.path.basename(D.WEIGHTS_PATH))
+    weights = os.path.join(args.out_dir, os.path.basename(D.weights_path(args.arch)))
     save_file(state, weights, metadata={"format": "pt"})
-    config = copy.deepcopy(ARCH)
+    config = copy.deepcopy(CONFIGS[args.arch])
     config["image_size"] = D.IMAGE_SIZE
     config["null_label"] = D.NULL_LABEL
     config["sigma_shift"] = args.sigma_shift
     config["training"] = {
-        "dataset": "sklearn.datasets.load_digits, bilinear 8x8->16x16, [-1,1], packed 2x2",
+        "dataset": "sklearn.datasets.load_digits, bilinear 8x8->16x16, [-1,1]",
         "objective": "flow matching (rectified flow): x_s=(1-s)x0+s*noise, v=noise-x0",
         "t_sampling": args.t_sampling,
         "steps": args.steps,
@@ -236,62 +330,19 @@ def save(model: D.DigitsModel, info: dict, args) -> None:
         "cond_drop": args.cond_drop,
         "zero_init": bool(args.zero_init),
         "seed": args.seed,
+        "device": args.device,
+        "threads": args.threads,
+        "train_time_s": round(info["train_time_s"], 1),
         "final_loss": round(info["final_loss"], 5),
         "final_loss_smoothed": round(info["final_loss_smoothed"], 5),
         "weights_dtype": "float16",
     }
-    with open(os.path.join(args.out_dir, os.path.basename(D.CONFIG_PATH)), "w") as f:
+    config_file = os.path.join(args.out_dir, os.path.basename(D.config_path(args.arch)))
+    with open(config_file, "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
     print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.2f} MB)", flush=True)
-
-
-def residual_change_profile(model: D.DigitsModel, labels, num_steps: int = 28, shift=None) -> list:
-    """Per-step relative L1 change of the first double block's hidden-state residual.
-
-    R_t = block0 output hidden_states - block0 input hidden_states at step t (28-step Euler,
-    batched CFG 3.0); returns [mean|R_t - R_{t-1}| / mean|R_{t-1}| for t = 1..num_steps-1].
-    """
-    residuals = []
-
-    def hook(module, args, kwargs, output):
-        residuals.append((output[1] - kwargs["hidden_states"]).detach().float().cpu())
-
-    h = model.transformer.transformer_blocks[0].register_forward_hook(hook, with_kwargs=True)
-    try:
-        D.generate(model, labels, num_steps=num_steps, guidance_scale=3.0, seed=0, sigma_shift=shift)
-    finally:
-        h.remove()
-    return [
-        float((residuals[t] - residuals[t - 1]).abs().mean() / residuals[t - 1].abs().mean())
-        for t in range(1, len(residuals))
-    ]
-
-
-def evaluate(model: D.DigitsModel, n_images: int, shift, grid_path=None) -> None:
-    labels = torch.arange(n_images) % D.NUM_CLASSES
-    rows = []
-    for sampler, cfg_mode in (("euler", "batched"), ("euler", "separate"), ("heun", "batched"), ("euler", "none")):
-        t0 = time.time()
-        imgs = D.generate(
-            model, labels, num_steps=28, guidance_scale=3.0, seed=0, cfg_mode=cfg_mode, sampler=sampler, sigma_shift=shift
-        )
-        acc = D.digit_accuracy(imgs, labels)
-        rows.append((f"{sampler}/{cfg_mode}", imgs[:20]))
-        print(f"eval {sampler}/{cfg_mode}: accuracy {acc:.3f} on {n_images} images ({time.time() - t0:.1f}s)", flush=True)
-    x, y = D.digits_dataset()
-    print(f"eval real digits: accuracy {D.digit_accuracy(x, y):.3f} (classifier fitted on them)", flush=True)
-    times = []
-    for _ in range(3):
-        t0 = time.time()
-        D.generate(model, list(range(8)), num_steps=28, guidance_scale=3.0, seed=0, sigma_shift=shift)
-        times.append(time.time() - t0)
-    print(f"time of one 28-step batched-CFG generation of 8 images: {min(times):.3f}s (best of 3)", flush=True)
-    diffs = residual_change_profile(model, list(range(8)), shift=shift)
-    print("block0 residual relative L1 change per step: " + ", ".join(f"{d:.3f}" for d in diffs), flush=True)
-    if grid_path:
-        D.save_grid(rows, grid_path)
-        print(f"wrote {grid_path}", flush=True)
+    return weights, config_file
 
 
 def main(argv=None) -> None:
@@ -299,23 +350,18 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if args.eval_only:
-        evaluate(D.load_model(), args.eval_images, None, args.grid)
+        E.evaluate(D.load_model(args.arch), args.eval_images, None, args.grid)
         return
     t_start = time.time()
     ema, info, train_time = train(args)
     print(f"training time {train_time:.1f}s, final loss {info['final_loss']:.4f} (smoothed {info['final_loss_smoothed']:.4f})", flush=True)
-    save(ema, info, args)
+    weights, config_file = save(ema, info, args)
     if args.eval_images > 0:
         # evaluate exactly what was written (fp16 weights, loaded back as float32)
-        from safetensors.torch import load_file
-
-        model = D.build_model(ARCH)
-        state = load_file(os.path.join(args.out_dir, os.path.basename(D.WEIGHTS_PATH)))
-        model.transformer.load_state_dict({k[12:]: v.float() for k, v in state.items() if k.startswith("transformer.")})
-        model.label_embedder.load_state_dict({k[15:]: v.float() for k, v in state.items() if k.startswith("label_embedder.")})
+        model = D.load_state(D.build_model(D.load_config(config_file)), weights)
         model.transformer.eval().requires_grad_(False)
         model.label_embedder.eval().requires_grad_(False)
-        evaluate(model, args.eval_images, args.sigma_shift, args.grid)
+        E.evaluate(model, args.eval_images, args.sigma_shift, args.grid)
     print(f"total time {time.time() - t_start:.1f}s", flush=True)
 
 
