@@ -24,7 +24,8 @@ demo: setup
 #   repository; its requirements go into .venv (scripts/comfyui_for_tests.sh);
 # * the inductor compile test runs too (CACHEDIT_TEST_INDUCTOR=1, about a minute);
 # * the node pack's behaviour outside ComfyUI is checked first, in a process without ComfyUI;
-# * 2 pytest-xdist workers (each test uses one torch thread). TEST_ARGS adds pytest arguments.
+# * 2 pytest-xdist workers (each test uses one torch thread; worksteal: the few minute-long compile tests
+#   don't leave one worker idle at the end). TEST_ARGS adds pytest arguments.
 OUTSIDE_COMFYUI := tests/test_nodes.py::test_root_package_outside_comfyui_registers_nothing
 PYTEST := $(BIN)/python -m pytest -p scripts.pytest_no_skips
 TEST_ARGS ?=
@@ -32,7 +33,7 @@ TEST_ARGS ?=
 test: setup
 	env -u COMFYUI_PATH $(PYTEST) -q $(OUTSIDE_COMFYUI)
 	comfy="$$(scripts/comfyui_for_tests.sh $(BIN)/python)" && \
-	COMFYUI_PATH="$$comfy" CACHEDIT_TEST_INDUCTOR=1 $(PYTEST) -q -n 2 --deselect $(OUTSIDE_COMFYUI) $(TEST_ARGS)
+	COMFYUI_PATH="$$comfy" CACHEDIT_TEST_INDUCTOR=1 $(PYTEST) -q -n 2 --dist worksteal --deselect $(OUTSIDE_COMFYUI) $(TEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
