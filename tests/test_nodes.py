@@ -185,6 +185,64 @@ def test_example_workflow_is_consistent(workflow):
         s = next(n for n in wf["nodes"] if n["id"] == src)
         d = next(n for n in wf["nodes"] if n["id"] == dst)
         assert link_id in s["outputs"][src_slot]["links"] and d["inputs"][dst_slot]["link"] == link_id
+    # every input's link and every output's links are listed in `links`
+    for n in wf["nodes"]:
+        assert all(i.get("link") is None or i["link"] in link_ids for i in n.get("inputs", [])), n["type"]
+        assert all(x in link_ids for o in n.get("outputs", []) for x in (o.get("links") or [])), n["type"]
     types = [n["type"] for n in wf["nodes"]]
     assert "CacheDitAccelerate" in types and SAMPLERS & set(types)
     assert set(t for t in types if t.startswith("CacheDit")) <= set(NODE_IDS)
+    assert all(n.get("mode", 0) == 0 for n in wf["nodes"])  # nothing muted or bypassed
+
+
+FAMILIES = {"flux_dev", "flux_kontext", "wan22_t2v_two_experts", "qwen_image", "hunyuan_video", "ltxv_t2v", "chroma",
+            "sd35"}
+LOADERS = {"UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple", "LoraLoaderModelOnly"}
+MODEL_USERS = SAMPLERS | {"BasicGuider", "CFGGuider"}  # where the accelerated MODEL must arrive
+
+
+def test_one_example_workflow_per_family():
+    """The families ComfyUI's own templates cover, each with a thumbnail beside its workflow."""
+    assert {w[: -len("_cachedit.json")] for w in WORKFLOWS} == FAMILIES
+    for workflow in WORKFLOWS:
+        assert os.path.isfile(os.path.join(REPO, "example_workflows", workflow[:-5] + ".jpg")), workflow
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_example_workflow_is_ready_to_use(workflow):
+    """What a user needs when opening it: loaders that name their model downloads, CacheDit
+    Accelerate between the loader chain and the sampler, a visible bilingual note, no overlapping
+    nodes and a saved view at a readable zoom (tests/comfyui/test_browser.py checks the same as
+    the frontend draws it)."""
+    with open(os.path.join(REPO, "example_workflows", workflow), encoding="utf-8") as f:
+        wf = json.load(f)
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    for n in wf["nodes"]:
+        if n["type"] in LOADERS:
+            models = n["properties"]["models"]
+            assert models and all(m["name"] and m["url"].startswith("https://") for m in models), n["type"]
+            assert models[0]["name"] in n["widgets_values"], n["type"]
+    links = {link[0]: link for link in wf["links"]}
+
+    def downstream(node_id):
+        return [by_id[links[x][3]] for o in by_id[node_id]["outputs"] for x in (o.get("links") or [])]
+
+    def upstream(node_id):
+        return [by_id[links[i["link"]][1]] for i in by_id[node_id]["inputs"] if i.get("link") is not None]
+
+    for acc in (n for n in wf["nodes"] if n["type"] == "CacheDitAccelerate"):
+        assert MODEL_USERS & {d["type"] for d in downstream(acc["id"])}, workflow
+        chain, source = [acc], upstream(acc["id"])
+        while source:  # walk the MODEL chain back to its loader
+            chain.append(source[0])
+            source = upstream(source[0]["id"])
+        assert chain[-1]["type"] in LOADERS, [c["type"] for c in chain]
+    notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and "CacheDit" in notes[0]["widgets_values"][0] and CJK.search(notes[0]["widgets_values"][0])
+    assert "residual_diff_threshold" in notes[0]["widgets_values"][0]  # the knob to touch
+    title_h = 30
+    rects = [(n["id"], n["pos"][0], n["pos"][1] - title_h, n["size"][0], n["size"][1] + title_h) for n in wf["nodes"]]
+    for i, (a, ax, ay, aw, ah) in enumerate(rects):
+        for b, bx, by, bw, bh in rects[i + 1:]:
+            assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (workflow, a, b)
+    assert 0.6 <= wf["extra"]["ds"]["scale"] <= 1.0
