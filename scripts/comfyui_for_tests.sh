@@ -13,6 +13,10 @@
 #   (the venv's CPU torch stays, pinned; tests/comfyui/stubs stands in for torchvision) and spandrel
 #   (the upscale-model loader, "non essential" to ComfyUI: it requires torchvision, which would pull a
 #   multi-GB CUDA torch). A stamp in the venv, named by the hash of what was installed, skips that next time.
+# * The browser test (tests/comfyui/test_browser.py) needs a headless Chromium with CJK fonts (the
+#   Chinese UI): Debian's `chromium` and `fonts-noto-cjk` are installed with apt-get when missing (as
+#   root, or through passwordless sudo); nothing is downloaded by a browser tool. CHROMIUM=/path/to/chromium
+#   (a browser of your own, with CJK fonts on the system) skips this.
 set -euo pipefail
 
 py="${1:?usage: $0 VENV_PYTHON}"
@@ -46,6 +50,25 @@ else
     fi
 fi
 [ -f "$comfy/comfy/model_base.py" ] || die "$comfy is not a ComfyUI checkout (no comfy/model_base.py)"
+
+have_browser() {
+    command -v chromium >/dev/null 2>&1 && command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=zh 2>/dev/null)" ]
+}
+if [ -z "${CHROMIUM:-}" ] && ! have_browser; then
+    echo "comfyui_for_tests: installing chromium and fonts-noto-cjk (apt-get) for the browser test" >&2
+    if [ "$(id -u)" = 0 ]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        as_root=(sudo -n)
+    else
+        die "the browser test needs chromium and fonts-noto-cjk: install them (apt-get install chromium fonts-noto-cjk) or set CHROMIUM"
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "no apt-get here: install Chromium and CJK fonts yourself and set CHROMIUM"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        chromium fonts-noto-cjk >&2
+    have_browser || die "chromium or the CJK fonts are still missing after apt-get install"
+fi
 
 venv="$(cd "$(dirname "$py")/.." && pwd)"
 req="$(grep -v -i -E '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)[[:space:]]*([<>=!~;[].*)?$' "$comfy/requirements.txt")"
