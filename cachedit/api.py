@@ -75,6 +75,8 @@ def enable_cache(
     blocks: Optional[Sequence[Any]] = None,
     start_percent: Optional[float] = None,
     end_percent: Optional[float] = None,
+    quality: Optional[str] = None,
+    error_budget: Optional[float] = None,
     name: Optional[str] = None,
     **legacy: Any,
 ) -> Any:
@@ -82,9 +84,12 @@ def enable_cache(
 
     `strategy`: "adaptive" (default; DBCache's measured rule), "fixed" (after `warmup_steps`,
     one step in every `skip_interval` reuses) or "dynamic" (reuse grows with progress, up to
-    `skip_interval` steps in a row). `cache_config` / `calibrator_config` and cache-dit's legacy
-    keyword arguments (`Fn_compute_blocks=`, `residual_diff_threshold=`, `enable_taylorseer=`...)
-    work as in cache-dit. `blocks`: names of the block lists to cache when detection should be
+    `skip_interval` steps in a row). `quality`: "quality", "balanced" (default) or "fast", the
+    error budget adaptive keeps by measuring the error it makes and moving its threshold
+    (`error_budget=`: the same as a number, the relative error a reused step may make).
+    `cache_config` / `calibrator_config` and cache-dit's legacy keyword arguments
+    (`Fn_compute_blocks=`, `residual_diff_threshold=`, `enable_taylorseer=`...) work as in cache-dit,
+    threshold fixed, unless `quality` / `error_budget` is given too. `blocks`: names of the block lists to cache when detection should be
     overridden. `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
     cache context, as in cache-dit). `params_modifiers`: a ParamsModifier per block list (with an
     adapter) or per transformer. For a ComfyUI ModelPatcher a patched clone is returned; use the
@@ -94,7 +99,8 @@ def enable_cache(
     if unknown:
         raise ValueError(
             f"{unknown[0]}={legacy[unknown[0]]!r} is not a known enable_cache argument; allowed keyword arguments: "
-            f"strategy, skip_interval, warmup_steps, noise_scale, debug, blocks, start_percent, end_percent, name, "
+            f"strategy, skip_interval, warmup_steps, noise_scale, debug, blocks, start_percent, end_percent, "
+            f"quality, error_budget, name, "
             f"{', '.join(LEGACY_CACHE_KWARGS + LEGACY_CALIBRATOR_KWARGS)}")
     ignored = [k for k in legacy if k in _IGNORED_CACHE_DIT_KWARGS and legacy[k] is not None]
     if ignored:
@@ -105,7 +111,7 @@ def enable_cache(
     options = resolve_options(
         cache_config, calibrator_config, strategy=strategy, skip_interval=skip_interval, warmup_steps=warmup_steps,
         noise_scale=noise_scale, debug=debug, global_config=manager.global_config, legacy=legacy, blocks=blocks,
-        start_percent=start_percent, end_percent=end_percent)
+        start_percent=start_percent, end_percent=end_percent, error_budget=error_budget, quality=quality)
     if _is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415 (ComfyUI is only importable inside ComfyUI)
 

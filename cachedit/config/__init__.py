@@ -6,8 +6,10 @@ from .cache_dit import BasicCacheConfig, CacheType, CalibratorConfig, DBCacheCon
 from .options import (
     ADAPTIVE_DEFAULT_TAYLORSEER_ORDER,
     ADAPTIVE_DEFAULTS,
+    DEFAULT_QUALITY,
     LEGACY_CACHE_KWARGS,
     LEGACY_CALIBRATOR_KWARGS,
+    QUALITY_PRESETS,
     CacheOptions,
     GlobalConfig,
     resolve_options,
@@ -15,7 +17,7 @@ from .options import (
 )
 
 __all__ = [
-    "ADAPTIVE_DEFAULTS", "ADAPTIVE_DEFAULT_TAYLORSEER_ORDER", "BasicCacheConfig", "CacheOptions", "CacheType",
+    "ADAPTIVE_DEFAULTS", "ADAPTIVE_DEFAULT_TAYLORSEER_ORDER", "BasicCacheConfig", "DEFAULT_QUALITY", "QUALITY_PRESETS", "CacheOptions", "CacheType",
     "CalibratorConfig", "DBCacheConfig", "GlobalConfig", "LEGACY_CACHE_KWARGS", "LEGACY_CALIBRATOR_KWARGS",
     "TaylorSeerCalibratorConfig", "cache_type", "resolve_options", "strategy_names",
 ]

@@ -41,9 +41,9 @@ class GlobalConfig:
         return self
 
 
-# Defaults of the `adaptive` strategy when the user passes no cache config. Chosen by the sweep in
-# benchmarks/ on the bundled model (see README "Performance"): a 1-block probe, a short warmup
-# and a cap on consecutive reuse hold quality while reusing most late steps.
+# Defaults of the `adaptive` strategy when the user passes no cache config: a 1-block probe, a
+# short warmup and a cap on consecutive reuse; the threshold is only the starting point, error
+# feedback moves it to where the measured reuse error meets the quality preset's budget.
 ADAPTIVE_DEFAULTS = dict(
     Fn_compute_blocks=1,
     Bn_compute_blocks=0,
@@ -54,6 +54,13 @@ ADAPTIVE_DEFAULTS = dict(
     max_continuous_cached_steps=3,
 )
 ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
+
+# Quality presets: the error budget of each (the relative error a reused step may make, measured
+# on the model itself; see cachedit/manager/feedback.py). Chosen on the bundled models across
+# layouts, step counts, seeds and CFG modes (benchmarks/results/defaults.md).
+QUALITY_PRESETS = {"quality": 0.08, "balanced": 0.15, "fast": 0.25}
+QUALITY_ALIASES = {"high": "quality"}
+DEFAULT_QUALITY = "balanced"
 
 # Legacy keyword arguments accepted by cache-dit's enable_cache, mapped to config fields.
 LEGACY_CACHE_KWARGS = (
@@ -79,6 +86,9 @@ class CacheOptions:
     start_percent: float = 0.0  # reuse only inside this window of sampling progress
     end_percent: float = 1.0
     log_runs: bool = False  # one info line per finished run (the ComfyUI nodes turn it on)
+    # adaptive: keep the measured reuse error near this budget by moving the threshold (None: the
+    # threshold stays where the config put it, as in cache-dit)
+    error_budget: Optional[float] = None
 
     @property
     def taylorseer_order(self) -> int:
@@ -99,6 +109,8 @@ class CacheOptions:
         check_float("end_percent", self.end_percent, 0.0, 1.0)
         if self.start_percent > self.end_percent:
             fail("start_percent", self.start_percent, f"a value <= end_percent ({self.end_percent})")
+        if self.error_budget is not None:
+            check_float("error_budget", self.error_budget, 1e-6, 1.0)
         self.cache_config.validate()
         if self.calibrator_config is not None:
             self.calibrator_config.validate()
@@ -108,6 +120,26 @@ class CacheOptions:
         """cache-dit style tag of the config plus calibrator, e.g. `DBCache_F1B0_..._T1O1`."""
         cal = self.calibrator_config.strify() if self.taylorseer_order else "T0O0"
         return f"{self.cache_config.strify()}_{cal}"
+
+
+def _error_budget(error_budget: Optional[float], quality: Optional[str], strategy: str, user_tuned: bool) -> Optional[float]:
+    """The error budget to run with: explicit, from a preset, the default preset, or None (fixed threshold)."""
+    if quality is not None:
+        if not isinstance(quality, str) or QUALITY_ALIASES.get(quality, quality) not in QUALITY_PRESETS:
+            fail("quality", quality, " | ".join(repr(q) for q in QUALITY_PRESETS))
+        if error_budget is not None:
+            fail("error_budget", error_budget, "None when quality is given (quality sets the budget)")
+    explicit = error_budget is not None or quality is not None
+    if explicit and strategy != "adaptive":
+        fail("quality" if quality is not None else "error_budget", quality if quality is not None else error_budget,
+             "only with strategy='adaptive' (fixed and dynamic do not measure)")
+    if error_budget is not None:
+        return error_budget
+    if quality is not None:
+        return QUALITY_PRESETS[QUALITY_ALIASES.get(quality, quality)]
+    if strategy == "adaptive" and not user_tuned:
+        return QUALITY_PRESETS[DEFAULT_QUALITY]
+    return None
 
 
 def resolve_options(
@@ -124,13 +156,17 @@ def resolve_options(
     blocks: Optional[Sequence[Any]] = None,
     start_percent: Optional[float] = None,
     end_percent: Optional[float] = None,
+    error_budget: Optional[float] = None,
+    quality: Optional[str] = None,
 ) -> CacheOptions:
     """Merge explicit arguments, cache-dit configs, legacy kwargs and global defaults.
 
     Precedence: explicit CacheDit arguments > `cache_config` / legacy kwargs > global defaults.
     With neither a `cache_config` nor legacy kwargs, `adaptive` runs with `ADAPTIVE_DEFAULTS`
-    (tuned here); with either, it starts from cache-dit's own `DBCacheConfig()` defaults so that
-    drop-in code behaves as it did under cache-dit.
+    and error feedback at the `quality` preset's budget (balanced unless said otherwise); with
+    either, it starts from cache-dit's own `DBCacheConfig()` defaults and keeps its threshold fixed,
+    so that drop-in code behaves as it did under cache-dit, unless `quality` or `error_budget` is
+    passed too.
     """
     if cache_config is not None and not isinstance(cache_config, BasicCacheConfig):
         fail("cache_config", cache_config, "a DBCacheConfig / BasicCacheConfig or None")
@@ -175,6 +211,7 @@ def resolve_options(
         blocks=blocks,
         start_percent=0.0 if start_percent is None else start_percent,
         end_percent=1.0 if end_percent is None else end_percent,
+        error_budget=_error_budget(error_budget, quality, strategy or global_config.default_strategy, user_tuned),
     )
     if options.strategy in ("fixed", "dynamic") and not user_tuned and warmup_steps is None:
         # Step-schedule strategies keep a short warmup too; the DBCache threshold is unused.

@@ -14,6 +14,8 @@ Signals and their payloads:
 - `step_computed`:    name, run, step, branch, diff (float or None), threshold (float or None),
                       blocks (computed), total_blocks
 - `cache_hit`:        the same as `step_computed`, for a reused step
+- `error_measured`:   name, step, branch, error (relative error a reuse would have made at that computed
+                      step), diff (the probe change there), gap (steps since the computed step before), budget
 """
 
 from __future__ import annotations
@@ -29,5 +31,7 @@ run_finished = _bus.signal("run_finished")
 branch_reset = _bus.signal("branch_reset")
 step_computed = _bus.signal("step_computed")
 cache_hit = _bus.signal("cache_hit")
+error_measured = _bus.signal("error_measured")
 
-ALL_SIGNALS = (model_registered, model_released, run_started, run_finished, branch_reset, step_computed, cache_hit)
+ALL_SIGNALS = (model_registered, model_released, run_started, run_finished, branch_reset, step_computed, cache_hit,
+               error_measured)

@@ -45,7 +45,8 @@ class LogSubscriber:
                 self._runs.discard(key)
             wanted = bool(self._debug)
         handlers = ((bus.step_computed, self._on_computed), (bus.cache_hit, self._on_hit),
-                    (bus.run_started, self._on_run_started), (bus.branch_reset, self._on_branch_reset))
+                    (bus.run_started, self._on_run_started), (bus.branch_reset, self._on_branch_reset),
+                    (bus.error_measured, self._on_error))
         if wanted:
             _ensure_visible()
         for signal, handler in handlers:
@@ -68,9 +69,16 @@ class LogSubscriber:
         if key not in self._debug:
             return
         diff: Optional[float] = p.get("diff")
+        threshold: Optional[float] = p.get("threshold")
         log.debug("cachedit.step", model=p.get("name"), run=p.get("run"), step=p.get("step"), branch=p.get("branch"),
-                  decision=decision, diff=None if diff is None else round(diff, 5), threshold=p.get("threshold"),
+                  decision=decision, diff=None if diff is None else round(diff, 5),
+                  threshold=None if threshold is None else round(threshold, 5),
                   blocks=f"{p.get('blocks')}/{p.get('total_blocks')}")
+
+    def _on_error(self, key: int, **p: Any) -> None:
+        if key in self._debug:
+            log.debug("cachedit.error", model=p.get("name"), step=p.get("step"), branch=p.get("branch"),
+                      error=round(p.get("error"), 5), budget=p.get("budget"), gap=p.get("gap"))
 
     def _on_run_started(self, key: int, **p: Any) -> None:
         if key in self._debug:

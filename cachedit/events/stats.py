@@ -45,6 +45,12 @@ class CacheStats:
     estimated_compute_saved: float = 0.0  # fraction of block compute skipped
     runs: int = 0
     cache_bytes: int = 0
+    # error feedback (last run, branch 0; cfg_* for other branches): at each computed step, the
+    # relative error a reuse would have made there; at each decision, the threshold it compared with
+    reuse_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
+    thresholds: Dict[str, float] = dataclasses.field(default_factory=dict)
+    cfg_reuse_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
+    error_budget: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -63,6 +69,9 @@ class _ModelCounters:
     run_index: int = -1
     last_cached: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
     last_diffs: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    last_errors: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    last_thresholds: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    error_budget: Optional[float] = None
     last_record: Any = None
     cache_bytes: int = 0
 
@@ -79,6 +88,7 @@ class StatsAggregator:
         bus.run_finished.connect(self._on_run_finished)
         bus.step_computed.connect(self._on_computed)
         bus.cache_hit.connect(self._on_hit)
+        bus.error_measured.connect(self._on_error)
 
     def _counters(self, key: int, name: str = "") -> _ModelCounters:
         c = self._models.get(key)
@@ -102,12 +112,20 @@ class StatsAggregator:
             c.runs += 1
             c.last_cached = {}
             c.last_diffs = {}
+            c.last_errors = {}
+            c.last_thresholds = {}
 
     def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0, **_: Any) -> None:
         with self._lock:
             c = self._counters(key)
             c.last_record = record
             c.cache_bytes = max(c.cache_bytes, cache_bytes)
+
+    def _on_error(self, key: int, *, step: int, branch: int, error: float, budget: float, **_: Any) -> None:
+        with self._lock:
+            c = self._counters(key)
+            c.last_errors.setdefault(branch, {})[str(step)] = error
+            c.error_budget = budget
 
     def _on_computed(self, key: int, **payload: Any) -> None:
         self._on_step(key, reused=False, **payload)
@@ -126,6 +144,9 @@ class StatsAggregator:
             c.blocks_total += total_blocks
             if diff is not None:
                 c.last_diffs.setdefault(branch, {})[str(step)] = diff
+            threshold = payload.get("threshold")
+            if threshold is not None:
+                c.last_thresholds.setdefault(branch, {})[str(step)] = threshold
             if reused:
                 c.hits += 1
                 c.cached_by_branch[branch] = c.cached_by_branch.get(branch, 0) + 1
@@ -171,6 +192,10 @@ class StatsAggregator:
                 estimated_compute_saved=(skipped / c.blocks_total) if c.blocks_total else 0.0,
                 runs=c.runs,
                 cache_bytes=c.cache_bytes,
+                reuse_errors=dict(c.last_errors.get(0, {})),
+                thresholds=dict(c.last_thresholds.get(0, {})),
+                cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b > 0 for k, v in d.items()},
+                error_budget=c.error_budget,
             )
 
     def last_record(self, key: int) -> Any:

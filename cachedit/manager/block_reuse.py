@@ -7,6 +7,10 @@ reused step the segment returns its input plus that residual (TaylorSeer-extrapo
 calibrator is on, with optional noise) without running a block. A block that writes into its
 own input makes a residual wrong: it is detected through tensor version counters, the residual
 is dropped and inputs are copied from then on.
+
+With error feedback on, every computed step also measures, before storing, how far the reused (or
+predicted) hidden residual would have been from the one just computed, relative to the segment's
+output, per batch element: sums kept on the device, read at the next decision.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Dict, Optional
 import torch
 
 from ..config import CacheOptions
-from .buffers import sub_into, tensor_version
+from .buffers import ProbeBuffers, sample_l1, sub_into, tensor_version
 from .calls import CallState
 from .layout import BlockLayout
 from .state import BranchState
@@ -28,9 +32,11 @@ Streams = Dict[str, Optional[torch.Tensor]]
 class BlockReuse:
     """Stores and restores segment residuals of one model."""
 
-    def __init__(self, options: CacheOptions, layout: BlockLayout, copy_inputs: bool) -> None:
+    def __init__(self, options: CacheOptions, layout: BlockLayout, copy_inputs: bool,
+                 buffers: Optional[ProbeBuffers] = None) -> None:
         self.options = options
         self.layout = layout
+        self.buffers = buffers  # set: measure reuse errors for error feedback (its scratch takes the difference)
         # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
         # adapter says so up front; otherwise it is switched on when a version counter shows it).
         self.copy_inputs = copy_inputs
@@ -71,6 +77,8 @@ class BlockReuse:
             base = inputs.get(name)
             if out is None or base is None or out.shape != base.shape:
                 continue
+            if name == "hidden" and self.buffers is not None:
+                self._measure_error(branch, seg, out, base, previous.get(name), call.step)
             if order:
                 series = branch.taylor.get((seg, name))
                 if series is None:
@@ -79,6 +87,23 @@ class BlockReuse:
             else:
                 residual[name] = sub_into(previous.get(name), out, base)  # overwrite last step's buffer
         branch.residuals[seg] = residual
+
+    def _measure_error(self, branch: BranchState, seg: int, out: torch.Tensor, base: torch.Tensor,
+                       previous: Optional[torch.Tensor], step: int) -> None:
+        """Add this segment's reuse error at `step` to the branch's sums (before the residual is stored)."""
+        series = branch.taylor.get((seg, "hidden"))
+        scratch = self.buffers.scratch_like(out)
+        if series is not None and series.terms:
+            num = series.prediction_error(out, base, step, scratch)
+        elif previous is not None and previous.shape == out.shape:
+            num = sample_l1(sub_into(scratch, out, base).sub_(previous))
+        else:
+            return
+        den = sample_l1(out)
+        if branch.error_sums is None:
+            branch.error_sums = [num, den]
+        else:
+            branch.error_sums = [branch.error_sums[0] + num, branch.error_sums[1] + den]
 
     def _reused(self, call: CallState, seg: int, streams: Streams) -> Streams:
         """The segment's output on a reused step: input + cached (or extrapolated) residual."""

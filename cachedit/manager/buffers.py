@@ -29,6 +29,13 @@ def sub_into(buffer: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -
     return a - b
 
 
+def sample_l1(t: torch.Tensor) -> torch.Tensor:
+    """Sum of |t| per batch element (dim 0), in float32, on t's device (no host sync)."""
+    if t.dim() < 2:
+        return torch.linalg.vector_norm(t, 1, dtype=torch.float32).reshape(1)
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), 1, dim=1, dtype=torch.float32)
+
+
 def tensor_bytes(tensors: Iterable[Optional[torch.Tensor]]) -> int:
     """Bytes held by distinct tensors (an alias of another counts once)."""
     seen = {}

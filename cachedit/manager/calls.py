@@ -69,7 +69,8 @@ class CallState:
     """Everything about one model call that the block protocol needs."""
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
-                 "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep")
+                 "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
+                 "final")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -87,18 +88,19 @@ class CallState:
         self.seg_out: Dict[int, Dict[str, Optional[torch.Tensor]]] = {}
         self.progress = 0.0
         self.timestep: Optional[float] = None
+        self.final = False  # the run's last step (known or foreseen)
 
 
 class CallPlacer:
     """Places calls in their run, step and branch, and announces run starts and ends."""
 
-    def __init__(self, key: int, name: str, lock: threading.RLock, run_details: Callable[[], dict]) -> None:
+    def __init__(self, key: int, name: str, lock: threading.RLock, run_ended: Callable[[RunState], dict]) -> None:
         self.key = key
         self.name = name
         self.lock = lock
         self.tracker = RunTracker()
         self.default_total_steps: Optional[int] = None  # DBCacheConfig.num_inference_steps
-        self._run_details = run_details  # extra payload of run_finished (options, middle share)
+        self._run_ended = run_ended  # the engine's end-of-run work; returns the extra payload of run_finished
 
     def place(self, call: CallState) -> None:
         """Place a pending call (once; later calls do nothing)."""
@@ -129,6 +131,20 @@ class CallPlacer:
             call.run, call.step, call.branch, call.branch_key = run, step, branch, key
             call.progress = request.progress if request.progress is not None else run.progress(timestep)
             call.timestep = timestep
+            call.final = self._is_final(run, branch, step, call.progress)
+
+    @staticmethod
+    def _is_final(run: RunState, branch: BranchState, step: int, progress: float) -> bool:
+        """Whether `step` is the run's last: from the step count when known, else when one more step
+        at the pace of the last one would reach the end of sampling."""
+        if run.total_steps:
+            final = step >= run.total_steps - 1
+        else:
+            previous = branch.step_progress
+            final = previous is not None and 0.0 < progress - previous and 2 * progress - previous >= 0.999
+        if branch.progress_step != step:
+            branch.step_progress, branch.progress_step = progress, step
+        return final
 
     def abort(self, call: CallState) -> None:
         """A call failed: drop its branch's buffers and end the run, so nothing half-written is reused."""
@@ -145,6 +161,7 @@ class CallPlacer:
                 self._announce_finished(run)
 
     def _announce_finished(self, run: RunState) -> None:
+        details = self._run_ended(run)
         if bus.run_finished.receivers and run.executed_calls:
             bus.run_finished.send(self.key, name=self.name, run=run.index, record=run.record,
-                                  cache_bytes=run.buffer_bytes(), **self._run_details())
+                                  cache_bytes=run.buffer_bytes(), **details)

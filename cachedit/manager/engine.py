@@ -3,6 +3,7 @@
 - `layout` (layout.py): which blocks are first, probe, middle (skipped on reuse) and tail;
 - `placer` (calls.py): which run, step and CFG branch a call belongs to;
 - `decider` (decisions.py): compute or reuse, via the strategy (strategies.py), recorded and announced;
+- `feedback` (feedback.py): with an error budget, the adaptive threshold calibrated from measured errors;
 - `blocks` (block_reuse.py): each middle segment's residual, stored and added back;
 - `steps` (step_reuse.py): whole-step reuse for models without blocks;
 - `buffers` (buffers.py): the probe-sized buffers every branch shares.
@@ -24,7 +25,8 @@ from ..config import CacheOptions
 from .block_reuse import BlockReuse, Streams
 from .buffers import ProbeBuffers, tensor_version
 from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
-from .decisions import Decider, relative_change
+from .decisions import Decider
+from .feedback import ErrorFeedback
 from .layout import BlockLayout
 from .step_reuse import StepReuse
 from .strategies import make_strategy
@@ -46,20 +48,26 @@ class CacheEngine:
         self.enabled = True
         self.current: Optional[CallState] = None
         self.buffers = ProbeBuffers()
-        self.placer = CallPlacer(key, name, self.lock, self._run_details)
+        self.placer = CallPlacer(key, name, self.lock, self._run_ended)
         self._configure(options, list_lengths, clone_inputs)
 
     def _configure(self, options: CacheOptions, list_lengths: Sequence[int], clone_inputs: bool) -> None:
         cfg = options.cache_config
         self.options = options
         self.layout = BlockLayout.build(list_lengths, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks)
-        self.strategy = make_strategy(options)
-        self.decider = Decider(self.key, self.name, self.strategy)
-        self.blocks = BlockReuse(options, self.layout, clone_inputs)
-        self.steps = StepReuse(options, self.decider)
+        self.feedback: Optional[ErrorFeedback] = None
+        if options.error_budget is not None and options.strategy == "adaptive":
+            self.feedback = ErrorFeedback(options.error_budget, float(cfg.residual_diff_threshold))
+        self.strategy = make_strategy(options, self.feedback)
+        self.decider = Decider(self.key, self.name, self.strategy, self.feedback)
+        self.blocks = BlockReuse(options, self.layout, clone_inputs, self.buffers if self.feedback else None)
+        self.steps = StepReuse(options, self.decider, measure_errors=self.feedback is not None)
         self.placer.default_total_steps = cfg.num_inference_steps
 
-    def _run_details(self) -> dict:
+    def _run_ended(self, run) -> dict:
+        """A run ends: read the errors still waiting on its branches; the run_finished payload."""
+        for branch in run.branches.values():
+            self.decider.flush(branch)
         return {"options": self.options, "middle_share": self.layout.middle_share}
 
     def reconfigure(self, options: CacheOptions) -> None:
@@ -202,7 +210,7 @@ class CacheEngine:
         def measure() -> Optional[float]:
             if probe is None or branch.probe is None:
                 return None
-            return relative_change(branch.probe, probe, self.buffers.scratch_like(probe))
+            return self.decider.probe_change(branch, branch.probe, probe, self.buffers.scratch_like(probe))
 
         self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
         if call.reuse:

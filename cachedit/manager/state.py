@@ -26,6 +26,7 @@ class StepRecord:
     reused: bool
     diff: Optional[float]
     threshold: Optional[float]
+    error: Optional[float] = None  # error feedback, computed steps: the error a reuse would have made here
 
 
 @dataclasses.dataclass
@@ -56,6 +57,13 @@ class BranchState:
     residual_diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
     continuous_cached_steps: int = 0
     accumulated_residual_diff: float = 0.0
+    # error feedback: the last computed step's decision and the error measured there (read at the next decision)
+    computed_record: Optional[StepRecord] = None
+    computed_gap: int = 0  # steps between the last computed step and the one before it
+    computed_progress: float = 0.0  # sampling progress at the last computed step
+    step_progress: Optional[float] = None  # progress of the latest step seen (foresees the final step)
+    progress_step: int = -1  # the step `step_progress` belongs to
+    error_sums: Optional[List[torch.Tensor]] = None  # per batch element [sum |reused - computed|, sum |output|], on device
     # step-level (no block list) state
     last_input: Optional[torch.Tensor] = None
     last_output: Optional[torch.Tensor] = None
@@ -72,6 +80,8 @@ class BranchState:
         self.output_rate = None
         self.accumulated_change = 0.0
         self.last_computed_step = -1
+        self.computed_record = None
+        self.error_sums = None
 
     def begin_step(self, step: int) -> None:
         """A new step starts for this branch: a computed previous step breaks the reuse streak."""

@@ -15,6 +15,7 @@ import torch
 
 from ..config import CacheOptions
 from .block_reuse import add_noise
+from .buffers import sample_l1
 from .calls import CallState
 from .decisions import Decider, relative_change
 
@@ -29,9 +30,10 @@ def _matching_channels(t: torch.Tensor, like: Optional[torch.Tensor]) -> torch.T
 class StepReuse:
     """Whole-step reuse: output = input + cached (output - input)."""
 
-    def __init__(self, options: CacheOptions, decider: Decider) -> None:
+    def __init__(self, options: CacheOptions, decider: Decider, measure_errors: bool = False) -> None:
         self.options = options
         self.decider = decider
+        self.measure_errors = measure_errors
 
     def run(self, call: CallState, x: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Decide for `call` (input `x`), then return the reused output or `compute()`'s."""
@@ -58,6 +60,10 @@ class StepReuse:
         out = compute()
         base = _matching_channels(x, out)
         residual = out - base if base.shape == out.shape else None
+        if self.measure_errors and residual is not None and branch.last_output is not None \
+                and branch.last_output.shape == residual.shape:
+            # error feedback: what reusing here would have been off by, relative to the output (no sync)
+            branch.error_sums = [sample_l1(residual - branch.last_output), sample_l1(out)]
         if branch.last_output is not None and residual is not None and branch.last_input is not None:
             d_in = relative_change(branch.last_input, x)
             d_out = relative_change(branch.last_output, residual)

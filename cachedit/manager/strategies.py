@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Type
 
+from .feedback import ErrorFeedback
 from .state import BranchState
 
 if TYPE_CHECKING:
@@ -32,10 +33,12 @@ class Decision:
     reuse: bool
     diff: Optional[float] = None  # the measured change (None: not measured)
     recorded: Optional[float] = None  # what residual_diffs keeps for the step (cache-dit's -0.0 / -1.0 markers)
+    threshold: Optional[float] = None  # error feedback: the threshold this decision compared with
 
 
 COMPUTE = Decision(False)
 REUSE = Decision(True)
+
 
 
 class Strategy:
@@ -44,8 +47,9 @@ class Strategy:
     name = "base"
     needs_probe = False  # True: decisions read the probe (the engine keeps it, and pays one sync per decision)
 
-    def __init__(self, options: "CacheOptions") -> None:
+    def __init__(self, options: "CacheOptions", feedback: Optional[ErrorFeedback] = None) -> None:
         self.options = options
+        self.feedback = feedback
         cfg = self.config = options.cache_config
         limit = cfg.max_warmup_steps
         mask = cfg.steps_computation_mask
@@ -60,6 +64,11 @@ class Strategy:
         self.accumulated_cap = acc if acc is not None and acc > 0.0 else None
 
     # -- shared conditions ------------------------------------------------------------------------
+    @property
+    def threshold(self) -> Optional[float]:
+        """The threshold decisions compare with now (None for strategies that do not measure)."""
+        return None
+
     def in_warmup(self, step: int) -> bool:
         return step in self.warmup
 
@@ -75,8 +84,8 @@ class Strategy:
             return True
         return self.accumulated_cap is not None and branch.accumulated_residual_diff >= self.accumulated_cap
 
-    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
-        """Compute or reuse at `step` (no side effects)."""
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
+        """Compute or reuse at `step` (no side effects); `final`: the run's last step."""
         if self.in_warmup(step) or self.outside_window(progress) or step in self.compute_by_mask:
             return COMPUTE
         if self.static_mask:
@@ -116,7 +125,27 @@ class AdaptiveStrategy(Strategy):
     computed step is below `residual_diff_threshold` (0 disables reuse, >= 1 always reuses)."""
 
     name = "adaptive"
+
     needs_probe = True
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.residual_diff_threshold)
+
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
+        if self.feedback is None:
+            return super().decide(branch, step, progress, measure)
+        # Error feedback: the probe is measured at every decision (warmup and caps included), so that
+        # each error measured at a computed step has the probe change over the same span.
+        if self.outside_window(progress) or step in self.compute_by_mask:
+            return COMPUTE
+        diff = measure()
+        if diff is None:
+            return COMPUTE
+        threshold = self.feedback.threshold(step - branch.last_computed_step, progress)
+        # the final step always computes: a reused last step shows directly in the image
+        reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch)
+        return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
 
     def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         threshold = float(self.config.residual_diff_threshold)
@@ -134,6 +163,6 @@ STRATEGIES: Dict[str, Type[Strategy]] = {cls.name: cls for cls in (FixedStrategy
 """The one registry of strategy names (validation and the nodes read it)."""
 
 
-def make_strategy(options: "CacheOptions") -> Strategy:
-    """The strategy object for `options.strategy`."""
-    return STRATEGIES[options.strategy](options)
+def make_strategy(options: "CacheOptions", feedback: Optional[ErrorFeedback] = None) -> Strategy:
+    """The strategy object for `options.strategy` (adaptive reads its threshold from `feedback` if given)."""
+    return STRATEGIES[options.strategy](options, feedback)

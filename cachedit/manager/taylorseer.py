@@ -21,6 +21,8 @@ from typing import List, Optional
 
 import torch
 
+from .buffers import sample_l1, sub_into
+
 
 class TaylorSeries:
     """Finite-difference Taylor terms of one tensor stream."""
@@ -70,6 +72,16 @@ class TaylorSeries:
             return new_value
         self.update(out - base, step)
         return self.terms[0]
+
+    def prediction_error(self, out: torch.Tensor, base: torch.Tensor, step: int,
+                         scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per batch element, the sum of |(out - base) - predict(step)|: how far the reuse at `step`
+        would have been from the residual computed there (float32, no host sync). Call before `update`."""
+        diff = sub_into(scratch, out, base)
+        diff.sub_(self.terms[0])
+        for term, alpha in self._alphas(step):
+            diff.sub_(term, alpha=alpha)
+        return sample_l1(diff)
 
     def add_prediction(self, base: torch.Tensor, step: int) -> torch.Tensor:
         """`base + predict(step)` in one fresh tensor (no intermediate copy of the prediction)."""

@@ -1,0 +1,149 @@
+"""Error feedback: the measured reuse error, the threshold it leads to, presets, and what stays
+as in cache-dit. Exact outcomes on the tiny random Flux (mechanics) and the bundled model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cachedit
+from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS
+from cachedit.events import bus
+from cachedit.manager.feedback import ErrorFeedback, bucket_of
+from conftest import make_tiny_flux, sample
+
+
+def test_ratio_per_gap_and_progress_bucket():
+    fb = ErrorFeedback(budget=0.1, initial_threshold=0.24)
+    assert fb.ratio(1, 0.5) is None and fb.threshold(3, 0.5) == 0.24  # nothing measured: the configured threshold
+    fb.observe(gap=2, progress=0.5, error=0.05, diff=0.1)  # ratio 0.5 at gap 2 in bucket 2
+    assert bucket_of(0.5) == 2 and fb.ratio(2, 0.6) == pytest.approx(0.5)
+    assert fb.threshold(2, 0.6) == pytest.approx(0.2)
+    assert fb.ratio(8, 0.6) == pytest.approx(0.5 * math.sqrt(8 / 2))  # longer gap: scaled up from the nearest shorter one
+    assert fb.ratio(1, 0.6) == pytest.approx(0.5)  # only longer gaps measured: the shortest of them
+    fb.observe(gap=2, progress=0.55, error=0.2, diff=0.1)  # log-space smoothing, half weight
+    assert fb.ratio(2, 0.5) == pytest.approx(math.exp(0.5 * math.log(0.5) + 0.5 * math.log(2.0)))
+    assert fb.ratio(2, 0.95) == pytest.approx(fb.ratio(2, 0.5))  # nearest bucket with data
+    fb.observe(gap=2, progress=0.9, error=0.01, diff=0.1)
+    assert fb.ratio(2, 0.95) == pytest.approx(0.1) and fb.observations == 3
+    for bad in (dict(gap=0, error=0.1, diff=0.1), dict(gap=1, error=0.1, diff=None), dict(gap=1, error=float("nan"), diff=0.1),
+                dict(gap=1, error=0.0, diff=0.1)):
+        fb.observe(progress=0.1, **bad)
+    assert fb.observations == 3 and bucket_of(0.1) not in {b for _, b in fb.log_ratios}
+
+
+def test_presets_and_what_turns_feedback_on(tiny_flux):
+    def budget(**kw):
+        cachedit.enable_cache(tiny_flux, **kw)
+        return cachedit.get_manager().entry(tiny_flux).engine.options.error_budget
+
+    assert budget() == QUALITY_PRESETS["balanced"] == 0.15
+    assert [budget(quality=q) for q in ("quality", "high", "balanced", "fast")] == [0.08, 0.08, 0.15, 0.25]
+    assert budget(error_budget=0.05) == 0.05
+    # cache-dit drop-in: a config or legacy keyword keeps the threshold fixed, unless asked otherwise
+    assert budget(residual_diff_threshold=0.2) is None
+    assert budget(cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS)) is None
+    assert budget(residual_diff_threshold=0.2, quality="fast") == 0.25
+    assert budget(strategy="fixed") is None and budget(strategy="dynamic") is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(quality="best"), "quality='best' is invalid; allowed: 'quality' | 'balanced' | 'fast'"),
+    (dict(quality=2), "quality=2 is invalid"),
+    (dict(quality="fast", error_budget=0.1), "error_budget=0.1 is invalid; allowed: None when quality is given"),
+    (dict(strategy="fixed", quality="fast"), "quality='fast' is invalid; allowed: only with strategy='adaptive'"),
+    (dict(strategy="dynamic", error_budget=0.1), "error_budget=0.1 is invalid; allowed: only with strategy='adaptive'"),
+    (dict(error_budget=0.0), "error_budget=0.0 is invalid; allowed: a number in [1e-06, 1.0]"),
+    (dict(error_budget=float("nan")), "error_budget=nan is invalid"),
+    (dict(error_budget=True), "error_budget=True is invalid"),
+])
+def test_bad_quality_and_budget_name_the_parameter(tiny_flux, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("|", r"\|")):
+        cachedit.enable_cache(tiny_flux, **kwargs)
+
+
+def test_errors_are_measured_and_fed_back_with_the_decision_sync(tiny_flux):
+    """Every computed step after the first measures the error a reuse would have made there; it is
+    read with the next decision's probe (one host copy per decision) and moves the threshold."""
+    measured = []
+    bus.error_measured.connect(lambda key, **p: measured.append(p), weak=False)
+    reads = {"n": 0}
+    original = torch.Tensor.tolist
+
+    def counting(self):
+        reads["n"] += 1
+        return original(self)
+
+    cachedit.enable_cache(tiny_flux)
+    try:
+        torch.Tensor.tolist = counting
+        sample(tiny_flux, steps=10)
+    finally:
+        torch.Tensor.tolist = original
+        bus.error_measured.receivers.clear()
+    s = cachedit.summary(tiny_flux, logging=False)[0]
+    computed = [i for i in range(10) if i not in s.cached_steps]
+    assert reads["n"] == 9  # one per decision with a previous probe (steps 1..9), errors included
+    assert [m["step"] for m in measured] == [c for c in computed[1:] if c != 9]  # the last is read at run end
+    assert all(m["error"] > 0 and m["budget"] == 0.15 and m["gap"] >= 1 for m in measured)
+    assert [int(k) for k in s.reuse_errors] == [m["step"] for m in measured] and s.error_budget == 0.15
+    # the threshold compared with after the first measurement is budget / (error / diff), not 0.24
+    first = measured[0]
+    later = [int(k) for k in s.thresholds if int(k) > first["step"]]
+    assert later and s.thresholds[str(later[0])] != ADAPTIVE_DEFAULTS["residual_diff_threshold"]
+    assert s.thresholds["1"] == ADAPTIVE_DEFAULTS["residual_diff_threshold"]
+
+
+def test_calibration_carries_over_to_the_next_run(tiny_flux):
+    cachedit.enable_cache(tiny_flux)
+    sample(tiny_flux, steps=10)
+    first = cachedit.summary(tiny_flux, logging=False)[0].thresholds
+    sample(tiny_flux, steps=10)
+    second = cachedit.summary(tiny_flux, logging=False)[0].thresholds
+    assert first["1"] == ADAPTIVE_DEFAULTS["residual_diff_threshold"]
+    assert second["1"] != first["1"]  # the second run starts calibrated
+
+
+def test_final_step_always_computes_with_feedback():
+    model = make_tiny_flux()
+    # random weights change little per step: the calibrated threshold lets every step after warmup reuse
+    cachedit.enable_cache(model, error_budget=1.0)
+    sample(model, steps=10)
+    assert cachedit.summary(model, logging=False)[0].cached_steps == [3, 4, 5, 7, 8]  # caps of 3, step 9 computes
+    cachedit.refresh_context(model, num_inference_steps=10)  # known total: the same
+    sample(model, steps=10)
+    assert 9 not in cachedit.summary(model, logging=False)[0].cached_steps
+    cachedit.disable_cache(model)
+
+
+def test_fixed_threshold_unchanged_by_feedback_code(tiny_flux):
+    """An explicit threshold measures no error and behaves as before (cache-dit parity lives in
+    test_cache_dit_parity.py): the last step may reuse, thresholds stay put."""
+    cachedit.enable_cache(tiny_flux, cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS))
+    sample(tiny_flux, steps=10)
+    s = cachedit.summary(tiny_flux, logging=False)[0]
+    assert s.reuse_errors == {} and s.error_budget is None
+    assert set(s.thresholds.values()) == {ADAPTIVE_DEFAULTS["residual_diff_threshold"]}
+
+
+def test_feedback_reuses_where_a_fixed_threshold_reuses_nothing():
+    """A model whose probe changes more than 0.24 per step although reusing is harmless: the fixed
+    threshold never reuses; error feedback measures the real error and does (bundled-size random Flux)."""
+    from cachedit.bundled import digits as D
+
+    torch.manual_seed(0)
+    model = D.build_model(D.load_config(D.config_path("flux")))
+    model.transformer.eval().requires_grad_(False)
+    labels = list(range(4))
+    ref = D.generate(model, labels, num_steps=16, seed=0)
+    cachedit.enable_cache(model.transformer, cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS),
+                          calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=1))
+    D.generate(model, labels, num_steps=16, seed=0)
+    assert cachedit.summary(model.transformer, logging=False)[0].cached_steps == []
+    cachedit.enable_cache(model.transformer)
+    out = D.generate(model, labels, num_steps=16, seed=0)
+    reused = cachedit.summary(model.transformer, logging=False)[0].cached_steps
+    assert len(reused) >= 8 and D.psnr(out, ref) > 45.0
+    cachedit.disable_cache(model.transformer)
