@@ -15,12 +15,12 @@ output, per batch element: sums kept on the device, read at the next decision.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 from ..config import CacheOptions
-from .buffers import ProbeBuffers, sample_l1, sub_into, tensor_version
+from .buffers import sample_l1, sub_into, tensor_version
 from .calls import CallState
 from .layout import BlockLayout
 from .state import BranchState
@@ -33,10 +33,10 @@ class BlockReuse:
     """Stores and restores segment residuals of one model."""
 
     def __init__(self, options: CacheOptions, layout: BlockLayout, copy_inputs: bool,
-                 buffers: Optional[ProbeBuffers] = None) -> None:
+                 scratch_like: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         self.options = options
         self.layout = layout
-        self.buffers = buffers  # set: measure reuse errors for error feedback (its scratch takes the difference)
+        self.scratch_like = scratch_like  # set: measure reuse errors for error feedback (in that scratch buffer)
         # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
         # adapter says so up front; otherwise it is switched on when a version counter shows it).
         self.copy_inputs = copy_inputs
@@ -77,7 +77,7 @@ class BlockReuse:
             base = inputs.get(name)
             if out is None or base is None or out.shape != base.shape:
                 continue
-            if name == "hidden" and self.buffers is not None:
+            if name == "hidden" and self.scratch_like is not None:
                 self._measure_error(branch, seg, out, base, previous.get(name), call.step)
             if order:
                 series = branch.taylor.get((seg, name))
@@ -92,7 +92,7 @@ class BlockReuse:
                        previous: Optional[torch.Tensor], step: int) -> None:
         """Add this segment's reuse error at `step` to the branch's sums (before the residual is stored)."""
         series = branch.taylor.get((seg, "hidden"))
-        scratch = self.buffers.scratch_like(out)
+        scratch = self.scratch_like(out)
         if series is not None and series.terms:
             num = series.prediction_error(out, base, step, scratch)
         elif previous is not None and previous.shape == out.shape:

@@ -48,7 +48,7 @@ def tensor_bytes(tensors: Iterable[Optional[torch.Tensor]]) -> int:
 class ProbeBuffers:
     """The engine-wide spare (the next probe is written into it) and scratch (probe differences)."""
 
-    __slots__ = ("spare", "scratch")
+    __slots__ = ("spare", "scratch", "__weakref__")
 
     def __init__(self) -> None:
         self.spare: Optional[torch.Tensor] = None

@@ -8,17 +8,23 @@ when its input signature changed, and announces run boundaries on the bus.
 A call whose timestep is still on its way from the GPU (a DeferredScalar) is *pending*: the
 blocks before the probe run unaffected, and the call is placed just before its decision, so a
 CUDA timestep never drains the GPU queue at the start of a call.
+
+Each thread has its own call in progress, runs and probe buffers (`ThreadCalls`): two threads
+sampling clones of one model (ComfyUI's multi-GPU work units: one thread per device) get exactly
+what running them one after the other gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Callable, Dict, Hashable, Optional, Union
+import weakref
+from typing import Callable, Dict, Hashable, List, Optional, Union
 
 import torch
 
 from ..events import bus
+from .buffers import ProbeBuffers
 from .state import BranchState, RunState, RunTracker
 
 
@@ -91,6 +97,17 @@ class CallState:
         self.final = False  # the run's last step (known or foreseen)
 
 
+class ThreadCalls(threading.local):
+    """What one thread's calls of a model share: the call in progress, the runs, the probe buffers."""
+
+    def __init__(self, trackers: "weakref.WeakSet[RunTracker]", buffers: "weakref.WeakSet[ProbeBuffers]") -> None:
+        self.current: Optional[CallState] = None
+        self.tracker = RunTracker()
+        self.buffers = ProbeBuffers()
+        trackers.add(self.tracker)  # every thread's, for accounting and resets
+        buffers.add(self.buffers)
+
+
 class CallPlacer:
     """Places calls in their run, step and branch, and announces run starts and ends."""
 
@@ -98,9 +115,24 @@ class CallPlacer:
         self.key = key
         self.name = name
         self.lock = lock
-        self.tracker = RunTracker()
+        self._trackers: "weakref.WeakSet[RunTracker]" = weakref.WeakSet()
+        self._buffers: "weakref.WeakSet[ProbeBuffers]" = weakref.WeakSet()
+        self.local = ThreadCalls(self._trackers, self._buffers)
         self.default_total_steps: Optional[int] = None  # DBCacheConfig.num_inference_steps
         self._run_ended = run_ended  # the engine's end-of-run work; returns the extra payload of run_finished
+
+    @property
+    def tracker(self) -> RunTracker:
+        """This thread's RunTracker."""
+        return self.local.tracker
+
+    def all_trackers(self) -> List[RunTracker]:
+        """Every thread's RunTracker (threads that ended are gone)."""
+        return list(self._trackers)
+
+    def all_buffers(self) -> List[ProbeBuffers]:
+        """Every thread's probe buffers."""
+        return list(self._buffers)
 
     def place(self, call: CallState) -> None:
         """Place a pending call (once; later calls do nothing)."""

@@ -46,8 +46,6 @@ class CacheEngine:
         self.name = name
         self.lock = threading.RLock()
         self.enabled = True
-        self.current: Optional[CallState] = None
-        self.buffers = ProbeBuffers()
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
         self._configure(options, list_lengths, clone_inputs)
 
@@ -60,7 +58,7 @@ class CacheEngine:
             self.feedback = ErrorFeedback(options.error_budget, float(cfg.residual_diff_threshold))
         self.strategy = make_strategy(options, self.feedback)
         self.decider = Decider(self.key, self.name, self.strategy, self.feedback)
-        self.blocks = BlockReuse(options, self.layout, clone_inputs, self.buffers if self.feedback else None)
+        self.blocks = BlockReuse(options, self.layout, clone_inputs, self.scratch_like if self.feedback else None)
         self.steps = StepReuse(options, self.decider, measure_errors=self.feedback is not None)
         self.placer.default_total_steps = cfg.num_inference_steps
 
@@ -74,12 +72,32 @@ class CacheEngine:
         """Switch to new options (the caller re-installs hooks: block roles may change)."""
         with self.lock:
             self._configure(options, self.layout.list_lengths, self.blocks.copy_inputs)
-            self.placer.tracker.close()
+            for tracker in self.placer.all_trackers():
+                tracker.close()
+
+    # -- this thread's calls ----------------------------------------------------------------------
+    @property
+    def current(self) -> Optional[CallState]:
+        """This thread's call in progress (None between calls)."""
+        return self.placer.local.current
+
+    @current.setter
+    def current(self, call: Optional[CallState]) -> None:
+        self.placer.local.current = call
+
+    @property
+    def buffers(self) -> ProbeBuffers:
+        """This thread's probe buffers."""
+        return self.placer.local.buffers
+
+    def scratch_like(self, t: torch.Tensor) -> torch.Tensor:
+        """This thread's scratch buffer, shaped like `t`."""
+        return self.placer.local.buffers.scratch_like(t)
 
     # -- what adapters and reports read -----------------------------------------------------------
     @property
     def tracker(self):
-        """The RunTracker (its `run` is the run in progress, None between runs)."""
+        """This thread's RunTracker (its `run` is the run in progress, None between runs)."""
         return self.placer.tracker
 
     @property
@@ -161,7 +179,8 @@ class CacheEngine:
     def reset(self) -> None:
         """Forget the current run and every buffer (the next call starts clean)."""
         with self.lock:
-            self.placer.tracker.close()
+            for tracker in self.placer.all_trackers():
+                tracker.close()
             self.current = None
 
     # -- block level (called by the block protocol) -----------------------------------------------
@@ -232,6 +251,6 @@ class CacheEngine:
 
     # -- housekeeping -----------------------------------------------------------------------------
     def buffer_bytes(self) -> int:
-        """Bytes of cached tensors held now."""
-        run = self.placer.tracker.run
-        return self.buffers.nbytes() + (run.buffer_bytes() if run is not None else 0)
+        """Bytes of cached tensors held now, every thread's."""
+        runs = [t.run for t in self.placer.all_trackers() if t.run is not None]
+        return sum(b.nbytes() for b in self.placer.all_buffers()) + sum(r.buffer_bytes() for r in runs)

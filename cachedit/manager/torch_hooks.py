@@ -4,8 +4,12 @@ The model's own forward runs unchanged; we only set an instance attribute `forwa
 model (to place each call in a run/step/branch) and on the few blocks the engine needs (block 0,
 block Fn-1, the middle blocks): the block protocol (protocol.py) with a codec translating
 arguments to streams (`BlockIO`, or a `PatternCodec` when a BlockAdapter declares the pattern).
-Removing the attributes restores the class's forward exactly, and the state_dict is untouched
-(no wrapper modules).
+The state_dict is untouched (no wrapper modules).
+
+Hooks compose with other libraries' instance-level wrappers (diffusers' hook registry and context-
+parallel split/gather hooks, accelerate's offload hooks): installing wraps whatever `forward` the
+module has now, and removing puts back exactly what was there. If another library wrapped ours in
+the meantime, ours stays in its chain as a pass-through (its engine is disabled).
 
 A model has one engine, or (a BlockAdapter listing several block lists) one engine per block list,
 as cache-dit keeps one cache context per list: each call opens a call on every engine.
@@ -32,13 +36,29 @@ MAIN_INPUT_NAMES = ("hidden_states", "x", "sample", "latents", "img")
 DEFERRED_TIMESTEP_DEVICES = ("cuda",)  # timesteps read without a GPU drain (tests add "cpu" to run that path)
 
 
-def _set_forward(module: nn.Module, fn: Callable) -> None:
-    module.forward = fn  # instance attribute shadows the class method
+def _current_forward(module: nn.Module) -> Callable:
+    """What calling `module.forward` runs now: another library's instance-level wrapper, else the
+    class's forward."""
+    return module.__dict__.get("forward") or type(module).forward.__get__(module)
 
 
-def _restore_forward(module: nn.Module) -> None:
-    if "forward" in module.__dict__:
-        del module.__dict__["forward"]
+@dataclasses.dataclass
+class _Installed:
+    """One module we hooked: our forward, and the instance-level forward it replaced (if any)."""
+
+    module: Any  # the module, or a weakref to the model (the manager must not keep it alive)
+    ours: "weakref.ref[Callable]"  # weak: the model's forward holds the model, which holds it
+    previous: Optional[Callable]
+
+    def restore(self) -> None:
+        module = self.module() if isinstance(self.module, weakref.ref) else self.module
+        current = module.__dict__.get("forward") if module is not None else None
+        if current is None or current is not self.ours():
+            return  # gone, or replaced or wrapped by someone else since: ours passes through in their chain
+        if self.previous is None:
+            del module.__dict__["forward"]
+        else:
+            module.forward = self.previous
 
 
 def _scalar(value: Any) -> Union[float, None, DeferredScalar]:
@@ -76,7 +96,7 @@ class TorchHooks:
         self.parts = list(parts)
         self.engine = self.parts[0].engine  # the engine of whole-step caching (a single engine)
         self._model_ref = weakref.ref(model)  # the manager must not keep the model alive
-        self.hooked: List[Any] = []
+        self.hooked: List[_Installed] = []
         sig = inspect.signature(type(model).forward)
         names = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
         self._param_pos = {n: i for i, n in enumerate(names)}
@@ -91,25 +111,22 @@ class TorchHooks:
         model = self._model_ref()
         if model is None:
             return
-        original = type(model).forward.__get__(model)
-        _set_forward(model, self._model_forward(original))
-        self.hooked.append(weakref.ref(model))
+        self._hook(weakref.ref(model), model, self._model_forward(_current_forward(model)))
         if self.engine.step_level:
             return
         for part in self.parts:
             for index in part.engine.hooked_blocks():
                 block = part.blocks[index]
-                block_original = type(block).forward.__get__(block)
-                _set_forward(block, block_forward(part.engine, index, part.codec(index, block), block_original))
-                self.hooked.append(block)
+                self._hook(block, block, block_forward(part.engine, index, part.codec(index, block), _current_forward(block)))
+
+    def _hook(self, handle: Any, module: nn.Module, ours: Callable) -> None:
+        self.hooked.append(_Installed(handle, weakref.ref(ours), module.__dict__.get("forward")))
+        module.forward = ours  # an instance attribute shadows the class method
 
     def remove(self) -> None:
-        """Restore every hooked module's class forward."""
-        for module in self.hooked:
-            if isinstance(module, weakref.ref):
-                module = module()
-            if module is not None:
-                _restore_forward(module)
+        """Put back what each hooked module's `forward` was before (last hooked first)."""
+        for installed in reversed(self.hooked):
+            installed.restore()
         self.hooked.clear()
 
     # -- model level -----------------------------------------------------------------------------
