@@ -1,7 +1,7 @@
 """The Detailed Stats chart: one run's decisions and measured changes, drawn with PIL only.
 
 Sized to be read on the node as it is drawn: ComfyUI scales a preview down to the node's width
-(about 420 px for this node, set by web/cachedit.js), so the chart is 640 x 360 with text of at
+(at least 440 px wide for a new node, set by web/cachedit.js), so the chart is 640 x 360 with text of at
 least MIN_FONT_PX (about 14 px on screen) and few words: a title, a legend, "threshold", "step".
 """
 

@@ -10,7 +10,7 @@ import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const STATS_NODE = "CacheDitDetailedStats";
 const SUMMARY_WIDGET = "cachedit_summary";
-const STATS_MIN_SIZE = [420, 560]; // room for the summary and for the chart at a readable scale
+const STATS_MIN_SIZE = [440, 620]; // room for the summary and for the chart at a readable scale
 const PLACEHOLDER = {
   en: "Run the workflow: what CacheDit did on the last run shows here.",
   zh: "运行工作流后，这里显示 CacheDit 在最近一次运行中的情况。",

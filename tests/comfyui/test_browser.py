@@ -257,8 +257,14 @@ STATS_SHOWN = """
   const widget = node.widgets && node.widgets.find((w) => w.name === "cachedit_summary");
   const img = node.imgs && node.imgs[0];
   if (!widget || !widget.value || !img || !img.complete || !img.naturalWidth) return null;
-  return {text: widget.value, size: [node.size[0], node.size[1]], image: [img.naturalWidth, img.naturalHeight],
-          title: node.title};
+  app.canvas.draw(true, true);  // lays out the preview widget
+  // how the frontend draws a node's single preview image: fitted into the node below the
+  // preview widget's top, less a 15 px caption, never enlarged
+  const preview = node.widgets.find((w) => w.name === "$$canvas-image-preview");
+  const top = preview ? (preview.y ?? preview.last_y ?? 0) : 0;
+  if (!top) return null;
+  const chartScale = Math.min(node.size[0] / img.naturalWidth, (node.size[1] - top - 15) / img.naturalHeight, 1);
+  return {text: widget.value, image: [img.naturalWidth, img.naturalHeight], chartScale};
 })()
 """
 
@@ -272,10 +278,8 @@ async def _check_run(page: Page) -> None:
     assert "设置：固定间隔，间隔 2" in text and "DBCache_" not in text, text
     chart = _chart_module()
     assert tuple(shown["image"]) == (chart.WIDTH, chart.HEIGHT)
-    # the preview is drawn at most as wide as the node (less a margin): the chart's smallest text
-    # must stay readable there
-    scale = min(1.0, (shown["size"][0] - 20) / chart.WIDTH)
-    assert chart.MIN_FONT_PX * scale >= 12, (shown["size"], scale)
+    # the chart's smallest text, as drawn on the node at its default size (at 100% zoom)
+    assert chart.MIN_FONT_PX * shown["chartScale"] >= 12, shown["chartScale"]
 
 
 def _chart_module():
