@@ -12,10 +12,19 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+# Re-exported: the counters used to live here.
+from .counters import (  # noqa: F401
+    ComputeCounter,
+    block_lists,
+    diffusers_hook_roots,
+    param_ptrs,
+    reachable_tensor_bytes,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +117,7 @@ class SampleHooks:
     diffusers_context: bool = False
     after_step: Optional[Callable[[int], None]] = None
     current_timestep: List[float] = field(default_factory=lambda: [1000.0])
+    arch: str = "flux"  # the transformer's layout (set by the diffusers methods)
 
 
 def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = None) -> torch.Tensor:
@@ -200,137 +210,6 @@ def random_inputs(model: nn.Module, batch: int, img_tokens: int, txt_tokens: int
     ehs = torch.randn(call_batch, txt_tokens, cfg.joint_attention_dim, generator=g).to(p.device, p.dtype)
     pooled = torch.randn(call_batch, cfg.pooled_projection_dim, generator=g).to(p.device, p.dtype)
     return Inputs(latents=latents, ehs=ehs, pooled=pooled, sigmas=torch.linspace(1.0, 0.0, steps + 1), guidance=guidance)
-
-
-# ----------------------------------------------------------------------------------------------
-# What ran: block compute counters (one method for every cache)
-# ----------------------------------------------------------------------------------------------
-def block_lists(transformer: nn.Module) -> List[nn.Module]:
-    return list(getattr(transformer, "transformer_blocks", [])) + list(getattr(transformer, "single_transformer_blocks", []))
-
-
-class ComputeCounter:
-    """Counts what really executes inside the transformer blocks, for any cache.
-
-    * `attn`: executions of each block's attention (a pre-hook on `attn.to_q`, which runs only
-      when the attention is really computed — caches that replace a block, its attention module
-      (diffusers TaylorSeer / PAB / FasterCache) or the whole stack all skip it);
-    * `macs`: multiply-accumulates of every nn.Linear inside the blocks plus the attention core
-      (2 * B * L^2 * D per attention, L = image + text tokens), i.e. the block compute actually
-      done. Divide by an uncached run's numbers for "fraction computed".
-    Pre-hooks run in `Module.__call__`, so they see real calls whatever a cache does to `forward`.
-    """
-
-    def __init__(self, transformer: nn.Module, seq_len: int) -> None:
-        self.blocks = block_lists(transformer)
-        self.seq_len = seq_len
-        self.attn = [0] * len(self.blocks)
-        self.macs = 0.0
-        self.handles: List[Any] = []
-        for i, block in enumerate(self.blocks):
-            for name, mod in block.named_modules():
-                if isinstance(mod, nn.Linear):
-                    self.handles.append(mod.register_forward_pre_hook(self._linear_hook(mod)))
-            to_q = getattr(getattr(block, "attn", None), "to_q", None)
-            if to_q is not None:
-                self.handles.append(to_q.register_forward_pre_hook(self._attn_hook(i, to_q.out_features)))
-
-    def _linear_hook(self, mod: nn.Linear):
-        macs_per_row = mod.in_features * mod.out_features
-
-        def hook(module, args):
-            x = args[0]
-            self.macs += x.numel() // mod.in_features * macs_per_row
-
-        return hook
-
-    def _attn_hook(self, index: int, inner: int):
-        def hook(module, args):
-            self.attn[index] += 1
-            b = args[0].shape[0]
-            self.macs += 2.0 * b * self.seq_len * self.seq_len * inner
-
-        return hook
-
-    def reset(self) -> None:
-        self.attn = [0] * len(self.blocks)
-        self.macs = 0.0
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-
-# ----------------------------------------------------------------------------------------------
-# Cache memory: tensors reachable from a cache's state objects
-# ----------------------------------------------------------------------------------------------
-def reachable_tensor_bytes(roots: Iterable[Any], exclude_ptrs: set, max_depth: int = 8) -> int:
-    """Bytes of distinct tensors reachable from `roots` through dicts, sequences and object
-    attributes (modules are not descended into; parameters/buffers in `exclude_ptrs` skipped)."""
-    seen_obj: set = set()
-    tensors: Dict[tuple, int] = {}
-
-    def visit(obj: Any, depth: int) -> None:
-        if obj is None or depth > max_depth or isinstance(obj, (str, bytes, int, float, bool, type)):
-            return
-        if id(obj) in seen_obj:
-            return
-        seen_obj.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            if obj.device.type == "meta":
-                return
-            try:
-                storage = obj.untyped_storage()
-                key = (obj.device.type, storage.data_ptr())
-                if storage.data_ptr() in exclude_ptrs:
-                    return
-                tensors[key] = max(tensors.get(key, 0), storage.nbytes())
-            except Exception:  # noqa: BLE001
-                pass
-            return
-        if isinstance(obj, nn.Module):
-            return
-        if isinstance(obj, dict):
-            for v in list(obj.values()):
-                visit(v, depth + 1)
-            return
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            for v in list(obj):
-                visit(v, depth + 1)
-            return
-        if callable(obj) and not hasattr(obj, "__dict__"):
-            return
-        d = getattr(obj, "__dict__", None)
-        if d is not None:
-            for k, v in list(d.items()):
-                if k in ("fn_ref", "_module_ref", "module", "transformer", "_model_ref"):
-                    continue
-                visit(v, depth + 1)
-        slots = getattr(type(obj), "__slots__", ())
-        for s in slots if isinstance(slots, (tuple, list)) else ():
-            visit(getattr(obj, s, None), depth + 1)
-
-    for r in roots:
-        visit(r, 0)
-    return sum(tensors.values())
-
-
-def param_ptrs(model: nn.Module) -> set:
-    ptrs = set()
-    for t in list(model.parameters()) + list(model.buffers()):
-        ptrs.add(t.untyped_storage().data_ptr())
-    return ptrs
-
-
-def diffusers_hook_roots(transformer: nn.Module) -> List[Any]:
-    """State managers of every diffusers hook under `transformer`."""
-    roots = []
-    for _, mod in transformer.named_modules():
-        reg = mod.__dict__.get("_diffusers_hook")
-        if reg is not None:
-            roots.extend(reg.hooks.values())
-    return roots
 
 
 # ----------------------------------------------------------------------------------------------

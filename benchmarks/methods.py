@@ -34,6 +34,8 @@ class Method:
     diffusers_context: bool = False
     # After the quality run: {"cache_bytes": int|None, "cached_steps": int|None, "note": str}
     report: Callable[[nn.Module], Dict[str, Any]] = lambda t: {}
+    # Before each quality generation: zero the cache's own counters (its cache/calibration state stays)
+    reset_stats: Callable[[nn.Module], None] = lambda t: None
     # Measure cache memory by walking these roots after every step (None: the method reports it).
     memory_roots: Optional[Callable[[nn.Module], List[Any]]] = None
     params: Dict[str, Any] = field(default_factory=dict)  # for the tables / defaults report
@@ -54,14 +56,29 @@ def _ours_report(transformer: nn.Module) -> Dict[str, Any]:
             "compute_saved": stats.estimated_compute_saved, "tag": cachedit.strify(stats)}
 
 
-def ours(name: str, series: str, **kwargs: Any) -> Method:
-    """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`; stats are reset per quality run.
-    With no kwargs (the library defaults) the row name gets the defaults' tag, e.g. `F1B0 R0.24 W3 MC3 TS1`."""
-    if not kwargs:
-        from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as _ts, ADAPTIVE_DEFAULTS as _d
+def _reset_ours_stats(t: nn.Module) -> None:
+    import cachedit
 
-        name = (f"{name}: F{_d['Fn_compute_blocks']}B{_d['Bn_compute_blocks']} R{_d['residual_diff_threshold']:g} "
-                f"W{_d['max_warmup_steps']} MC{_d['max_continuous_cached_steps']}" + (f" TS{_ts}" if _ts else ""))
+    cachedit.reset_cache_stats(t)
+
+
+def default_tag() -> str:
+    """What `cachedit.enable_cache(t)` runs with, e.g. `balanced (error budget 0.15): F1B0 W3 MC3 TS1`."""
+    from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
+    from cachedit.config.options import DEFAULT_QUALITY, QUALITY_PRESETS
+
+    return (f"{DEFAULT_QUALITY} (error budget {QUALITY_PRESETS[DEFAULT_QUALITY]:g}): F{d['Fn_compute_blocks']}"
+            f"B{d['Bn_compute_blocks']} W{d['max_warmup_steps']} MC{d['max_continuous_cached_steps']}"
+            + (f" TS{ts}" if ts else ""))
+
+
+def ours(name: str, series: str, **kwargs: Any) -> Method:
+    """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`, enabled once per row: error
+    feedback's calibration carries over from one generation to the next, as it does for a user
+    (stats are reset before each generation). With no kwargs (the library defaults) the row name
+    gets the default's tag, e.g. `ours default: balanced (error budget 0.15): F1B0 W3 MC3 TS1`."""
+    if not kwargs:
+        name = f"{name}: {default_tag()}"
 
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         import cachedit
@@ -81,22 +98,43 @@ def ours(name: str, series: str, **kwargs: Any) -> Method:
         params.update(Fn=cfg.Fn_compute_blocks, Bn=cfg.Bn_compute_blocks, threshold=cfg.residual_diff_threshold,
                       warmup=cfg.max_warmup_steps, max_continuous_cached_steps=cfg.max_continuous_cached_steps)
     params["taylorseer_order"] = cal.taylorseer_order if cal is not None else 0
+    if not kwargs or "quality" in kwargs or "error_budget" in kwargs:
+        params["_feedback"] = True  # the threshold moves with the measured error (calibration carried over)
     return Method(name=name, family="ours", series=series, enable=enable, disable=disable, report=_ours_report,
-                  params=params)
+                  reset_stats=_reset_ours_stats, params=params)
 
 
-def ours_adaptive(threshold: float, warmup: int = 3, mc: int = 3, order: int = 0, fn: int = 1, bn: int = 0,
-                  series: Optional[str] = None) -> Method:
+def _ours_configs(threshold: float, warmup: int, mc: int, order: int, fn: int, bn: int) -> Dict[str, Any]:
     import cachedit
 
     cfg = cachedit.DBCacheConfig(Fn_compute_blocks=fn, Bn_compute_blocks=bn, residual_diff_threshold=threshold,
                                  max_warmup_steps=warmup, max_continuous_cached_steps=mc)
     cal = cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+    return dict(cache_config=cfg, calibrator_config=cal)
+
+
+def ours_adaptive(threshold: float, warmup: int = 3, mc: int = 3, order: int = 0, fn: int = 1, bn: int = 0,
+                  series: Optional[str] = None, name: Optional[str] = None) -> Method:
+    """Ours with a fixed threshold (cache-dit's rule: an explicit cache config, no error budget)."""
     ts = f" TS{order}" if order else ""
-    name = f"ours adaptive F{fn}B{bn} R{threshold:g} W{warmup} MC{mc}{ts}"
+    name = name or f"ours adaptive F{fn}B{bn} R{threshold:g} W{warmup} MC{mc}{ts}"
     if series is None:
         series = "ours adaptive" if not order else ("ours adaptive+TaylorSeer" if order == 1 else "ours adaptive+TaylorSeer o2")
-    return ours(name, series, cache_config=cfg, calibrator_config=cal)
+    return ours(name, series, **_ours_configs(threshold, warmup, mc, order, fn, bn))
+
+
+def ours_feedback(budget: float, warmup: int = 3, mc: int = 3, order: int = 1, fn: int = 1, bn: int = 0,
+                  series: str = "ours feedback (error budget)", threshold: float = 0.24) -> Method:
+    """Ours with error feedback at `budget` on the given knobs (`threshold` is only the starting point)."""
+    ts = f" TS{order}" if order else ""
+    return ours(f"ours feedback F{fn}B{bn} E{budget:g} W{warmup} MC{mc}{ts}", series, error_budget=budget,
+                **_ours_configs(threshold, warmup, mc, order, fn, bn))
+
+
+def ours_old_default() -> Method:
+    """The previous library default: the fixed threshold 0.24 with TaylorSeer order 1."""
+    return ours_adaptive(0.24, 3, 3, order=1, fn=1, series="ours old default (fixed)",
+                         name="ours old default: F1B0 R0.24 W3 MC3 TS1 (fixed threshold)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,14 +151,19 @@ def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
 
     with contextlib.redirect_stdout(io.StringIO()):
         stats = cache_dit.summary(transformer, logging=False)
-    cached = sum(len(s.cached_steps or []) + len(getattr(s, "cfg_cached_steps", None) or []) for s in stats)
+    # One count per context (Wan and Qwen-Image get two contexts that cache in lockstep): the largest
+    cached = max((len(s.cached_steps or []) + len(getattr(s, "cfg_cached_steps", None) or []) for s in stats), default=0)
     return {"cached_steps": cached, "cached_steps_list": [list(s.cached_steps or []) for s in stats]}
 
 
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
-                     mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False) -> Method:
+                     mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False,
+                     separate_cfg: bool = False) -> Method:
     """The real cache-dit on the transformer alone. `num_inference_steps` is set in its config so
-    its persistent context refreshes per generation (verified by the determinism check)."""
+    its persistent context refreshes per generation (verified by the determinism check).
+    `enable_separate_cfg` is told how the sampler calls the model (the benchmark batches CFG into
+    one call): left to cache-dit, it assumes separate cond/uncond calls for Wan and Qwen-Image and
+    then never caches a batched-CFG run."""
 
     built: Dict[str, Any] = {}
 
@@ -129,7 +172,8 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
 
         _quiet_cache_dit()
         kwargs: Dict[str, Any] = dict(Fn_compute_blocks=fn, Bn_compute_blocks=bn, residual_diff_threshold=threshold,
-                                      max_warmup_steps=warmup, max_continuous_cached_steps=mc, num_inference_steps=steps)
+                                      max_warmup_steps=warmup, max_continuous_cached_steps=mc, num_inference_steps=steps,
+                                      enable_separate_cfg=separate_cfg)
         if mask_policy is not None:
             kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
@@ -161,12 +205,27 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
     return Method(name=name, family="cache-dit", series=series, enable=enable, disable=disable, report=_cache_dit_report,
                   before_run=before_run, memory_roots=roots, params=dict(Fn=fn, Bn=bn, threshold=threshold, warmup=warmup,
                                                   max_continuous_cached_steps=mc, taylorseer_order=order,
-                                                  mask=mask_policy, static=mask_static))
+                                                  mask=mask_policy, static=mask_static, separate_cfg=separate_cfg))
 
 
 # ----------------------------------------------------------------------------------------------
 # diffusers built-in caches
 # ----------------------------------------------------------------------------------------------
+def arch_of(t: nn.Module) -> str:
+    """Which bundled layout a transformer has: flux (double + single blocks), wan (`blocks`) or qwen."""
+    if hasattr(t, "single_transformer_blocks"):
+        return "flux"
+    return "wan" if hasattr(t, "blocks") else "qwen"
+
+
+# Block lists (PAB) and attention modules (FasterCache) per layout.
+PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",)}
+ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
+                 "qwen": ("^transformer_blocks.*attn",)}
+
+TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"]}  # others: diffusers' defaults
+
+
 def _diffusers_reset(t: nn.Module) -> None:
     t._reset_stateful_cache()
 
@@ -179,6 +238,7 @@ def _diffusers_disable(t: nn.Module) -> None:
 def diffusers_method(name: str, series: str, make_config: Callable[[int, SampleHooks], Any], params: Dict[str, Any],
                      context: bool = True) -> Method:
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
+        hooks.arch = arch_of(t)
         t.enable_cache(make_config(steps, hooks))
 
     return Method(name=name, family="diffusers", series=series, enable=enable, disable=_diffusers_disable,
@@ -197,10 +257,12 @@ def diffusers_taylorseer(interval: int, order: int = 1, before: int = 3) -> Meth
     from diffusers.hooks import TaylorSeerCacheConfig
 
     # float32 factors: the model runs in float32 (the bf16 default would add its own rounding error).
+    # Wan: diffusers' default patterns (re.fullmatch "^blocks.*attn") miss attn1/attn2, so they are named.
     return diffusers_method(
         f"diffusers TaylorSeer I{interval} O{order} W{before}", "diffusers TaylorSeer",
         lambda steps, hooks: TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=before,
-                                                   max_order=order, taylor_factors_dtype=torch.float32),
+                                                   max_order=order, taylor_factors_dtype=torch.float32,
+                                                   cache_identifiers=TAYLORSEER_PATTERNS.get(hooks.arch)),
         {"cache_interval": interval, "max_order": order, "disable_cache_before_step": before})
 
 
@@ -227,7 +289,7 @@ def diffusers_pab(skip: int, lo: float = 100, hi: float = 800) -> Method:
     def make(steps: int, hooks: SampleHooks):
         return PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=skip, spatial_attention_timestep_skip_range=(lo, hi),
-            spatial_attention_block_identifiers=("transformer_blocks", "single_transformer_blocks"),
+            spatial_attention_block_identifiers=PAB_BLOCKS[hooks.arch],
             current_timestep_callback=lambda: hooks.current_timestep[0])
 
     return diffusers_method(f"diffusers PAB S{skip} T({lo:g},{hi:g})", "diffusers PAB", make,
@@ -243,7 +305,7 @@ def diffusers_fastercache(skip: int = 2, uncond_skip: int = 5, distilled: bool =
         return FasterCacheConfig(
             spatial_attention_block_skip_range=skip, spatial_attention_timestep_skip_range=(-1, 681),
             unconditional_batch_skip_range=uncond_skip, unconditional_batch_timestep_skip_range=(-1, 641),
-            spatial_attention_block_identifiers=("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"),
+            spatial_attention_block_identifiers=ATTN_PATTERNS[hooks.arch],
             tensor_format="BCHW", is_guidance_distilled=distilled,
             _unconditional_conditional_input_kwargs_identifiers=["hidden_states", "encoder_hidden_states", "timestep",
                                                                   "pooled_projections"],

@@ -91,11 +91,10 @@ def count_fraction(transformer: nn.Module, inp: Inputs, ref_macs: float, kwargs:
     """Block-MAC fraction (and cached steps) of one counted run of `transformer` with ours enabled."""
     import cachedit
 
-    seq = inp.img_ids.shape[0] + inp.txt_ids.shape[0]
     t = copy.deepcopy(transformer)
     if kwargs is not None:
         cachedit.enable_cache(t, **kwargs)
-    counter = ComputeCounter(t, seq)
+    counter = ComputeCounter(t)
     euler(t, inp)
     counter.close()
     out: Dict[str, Any] = {"macs": counter.macs, "fraction": counter.macs / ref_macs if ref_macs else 1.0}
@@ -213,6 +212,37 @@ def scaling_table(rows: Sequence[Dict[str, Any]]) -> str:
             cells.append(f"{r['syncs_uncached']}, {r['syncs_never_reuse']}, {r['syncs_fixed']}, {r['syncs_adaptive']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_and_write(info: Dict[str, str], out_dir: Optional[str], quick: bool, tokens: Optional[Sequence[int]] = None,
+                  log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """The CPU scaling study of `python -m benchmarks.run`; writes scaling_cpu.md to `out_dir` (None: no file)."""
+    import os
+
+    from .common import machine_block
+
+    if quick:
+        kw = dict(hidden=128, heads=2, double=1, single=2, tokens=tuple(tokens or (64, 256)), txt_tokens=16, steps=4,
+                  batch=1, repeats=1, warmup=0)
+    else:
+        kw = dict(hidden=512, heads=8, double=2, single=6, tokens=tuple(tokens or (256, 1024)), txt_tokens=64, steps=4,
+                  batch=1, repeats=3, warmup=0)
+    log(f"== scaling (CPU): hidden {kw['hidden']}, {kw['double']}+{kw['single']} blocks, tokens {kw['tokens']} ==")
+    rows = run_scaling(log=log, **kw)
+    if out_dir is not None:
+        text = (f"# Overhead and scaling on CPU: FluxTransformer2DModel hidden {kw['hidden']} ({kw['heads']} heads), "
+                f"{kw['double']} double + {kw['single']} single blocks, random weights, batch {kw['batch']}, no CFG, "
+                f"{kw['steps']} Euler steps, {kw['txt_tokens']} text tokens, median of {kw['repeats']} interleaved rounds\n\n"
+                f"Machine:\n{machine_block({**info, 'model': 'random weights (see the title)'})}\n\n{scaling_table(rows)}\n\n"
+                "never-reuse = ours adaptive with threshold 1e-9 and no warmup (probe + decision + residual "
+                f"bookkeeping every step, no reuse); fixed = ours strategy='fixed' skip_interval=2 warmup={kw['warmup']}, "
+                "ideal = T_uncached / (f * T_blocks + T_non-block) with f the counted block-MAC fraction and T_non-block "
+                "timed with every block replaced by an identity.\n")
+        path = os.path.join(out_dir, "scaling_cpu.md")
+        with open(path, "w") as f:
+            f.write(text)
+        log(f"wrote {path}")
+    return rows
 
 
 _ = math

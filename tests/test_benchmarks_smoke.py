@@ -1,5 +1,6 @@
 """Smoke test of the benchmark harness (benchmarks/ is never part of the suite otherwise): the
-`--quick` code path on a tiny random model, 1 timing round, no files written."""
+`--quick` code path on tiny random models of every bundled layout, 1 timing round, tiny step
+counts, plus the README section and the default robustness table written from such results."""
 
 from __future__ import annotations
 
@@ -10,55 +11,96 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("cache_dit")
 
+from benchmarks import rows as R  # noqa: E402
 from benchmarks import run as bench  # noqa: E402
-from benchmarks.report import TABLE_COLUMNS, markdown_table, results_markdown  # noqa: E402
+from benchmarks.report import TABLE_COLUMNS, markdown_table, result_from_markdown, results_markdown, summary  # noqa: E402
 from benchmarks.scaling import run_scaling, scaling_table  # noqa: E402
 
 
-def test_quick_path_produces_the_expected_table(tmp_path):
-    model, note = bench.load_bundled(tiny=True)
-    args = bench.parse_args(["--quick", "--steps", "6", "--repeats", "1", "--threads", "1", "--no-scaling",
-                             "--out", str(tmp_path)])
-    out = bench.run(args, model=model, model_note=note, log=lambda s: None, write=False, group_size=3)
-    (res,) = out["results"]
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bench")
+    models = {a: bench.load_bundled(a, tiny=True) for a in bench.ARCHS}
+    args = bench.parse_args(["--quick", "--steps", "6", "--threads", "1", "--no-scaling", "--no-defaults",
+                             "--out", str(out_dir)])
+    out = bench.run(args, models=models, log=lambda s: None, write=True, group_size=4)
+    return out, out_dir
+
+
+@pytest.mark.parametrize("arch", bench.ARCHS)
+def test_quick_path_produces_the_expected_table(quick, arch):
+    out, out_dir = quick
+    (res,) = out["results"][arch]
+    assert res.arch == arch and res.steps == 6 and list(res.seeds) == [0, 1]
     names = [r.name for r in res.rows]
-    expected = ["uncached", "cache-dit F8B0 R0.08 (its default)"] + [m.name for m in bench.quick_rows()]
-    assert expected[2].startswith("ours default (adaptive): F")
-    assert names == expected
+    fixed = ["uncached"] + [m.name for m in R.quick_rows()]
+    assert names[:len(fixed)] == fixed
+    assert names[1].startswith("ours default: balanced (error budget 0.15): F1B0")
+    tuned = names[len(fixed):]  # the tuning stage's picks (and ours with cache-dit's picked knobs)
+    assert set(tuned) <= {m.name for ms in R.tuning_grid("standard", quick=True).values() for m in ms} | \
+        {n for n in tuned if n.startswith("ours with cache-dit's tuned knobs")}
     table = markdown_table(res.rows).splitlines()
     assert table[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
-    assert len(table) == 2 + len(expected)
+    assert len(table) == 2 + len(names)
     assert all(line.count("|") == len(TABLE_COLUMNS) + 1 for line in table[2:])
     by_name = {r.name: r for r in res.rows}
-    # cache-dit refuses F8B0 on a 4-block model: recorded as a failed row, not a crash
-    assert by_name["cache-dit F8B0 R0.08 (its default)"].error
+    # cache-dit refuses F8B0 on a model with fewer than 8 blocks: recorded as a failed row, not a crash
+    assert by_name[R.CACHE_DIT_DEFAULT].error
     for r in res.rows:
         if r.error:
             continue
         assert r.speedup > 0 and math.isfinite(r.speedup), r.name
         assert 0.0 < r.compute <= 1.0 + 1e-9, r.name
-        assert r.deterministic and r.restored, r.name
-    fixed = by_name["ours fixed skip2"]
-    assert fixed.compute < 1.0 and fixed.cached_steps and fixed.cached_steps > 0
-    assert fixed.cache_bytes and fixed.cache_bytes > 0
+        assert r.psnr_min <= r.psnr + 1e-9 and len(r.cached_steps or [0, 0]) == 2, r.name
+        assert r.restored, r.name
+        assert r.deterministic or r.params.get("_feedback"), r.name  # only error feedback carries state over
+    fixed_row = by_name["ours fixed skip2"]
+    assert fixed_row.compute < 1.0 and sum(fixed_row.cached_steps) > 0 and fixed_row.cache_bytes > 0
     assert by_name["uncached"].compute == 1.0 and by_name["uncached"].psnr == math.inf
-    text = results_markdown(res, out["info"])
-    assert "### Targets at 6 steps" in text and "Machine:" in text
 
-    # The README section is written from such tables: the rows it quotes must carry the table's numbers.
+    # The written table reads back with the same numbers (the chart redraw and the README use it).
+    path = out_dir / bench.result_name(arch, 6)
+    text = path.read_text()
+    assert f"### Summary: {arch} model, 6 steps" in text and "### Tuning stage" in text
+    back = result_from_markdown(str(path), R.series_names())
+    assert back.arch == arch and [r.name for r in back.rows] == names
+    assert (out_dir / bench.chart_name(arch)).exists()
+    s, s_back = summary(res), summary(back)
+    assert (s["default"].name, s["ours_best"] and s["ours_best"].name) == \
+        (s_back["default"].name, s_back["ours_best"] and s_back["ours_best"].name)
+
+
+def test_readme_section_quotes_the_tables(quick, tmp_path):
+    out, out_dir = quick
     from benchmarks.readme import END, START, section, update_readme
 
-    (tmp_path / "results_6.md").write_text(text)
-    body = section(str(tmp_path))
-    default = by_name[expected[2]]
-    assert f"| 6 steps | wall speedup |" in body
-    assert f"{default.speedup:.2f}x" in body and f"{default.psnr:.1f} dB" in body
+    body = section(str(out_dir))
+    for arch in bench.ARCHS:
+        (res,) = out["results"][arch]
+        d = summary(res)["default"]
+        assert f"| {arch} 6 | {d.speedup:.2f}x" in body and f"{d.psnr:.1f} dB" in body
+        assert bench.chart_name(arch) in body
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold numbers\n{END}\noutro\n")
-    assert update_readme(str(readme), str(tmp_path)) is True
+    assert update_readme(str(readme), str(out_dir)) is True
     new = readme.read_text()
     assert "old numbers" not in new and new.startswith("intro\n") and new.endswith(f"{END}\noutro\n")
-    assert update_readme(str(readme), str(tmp_path)) is False  # idempotent
+    assert update_readme(str(readme), str(out_dir)) is False  # idempotent
+    assert results_markdown(out["results"]["flux"][0], out["info"]).startswith("# Bundled flux model, 6 Euler steps")
+
+
+def test_defaults_table_quick():
+    from benchmarks import defaults as DF
+
+    models = {a: bench.load_bundled(a, tiny=True)[0] for a in ("wan",)}
+    res = DF.run(["wan"], quick=True, log=lambda s: None, models=models)
+    text = DF.markdown(res, {"cpu": "test"}, 1.0)
+    assert "New default (balanced feedback) vs old fixed default, over 2 model x scenario cells" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 8 steps")]
+    assert len(rows) == 2 and all(line.count("|") == 9 for line in rows)
+    for r in res["wan"]:
+        assert [x["setting"] for x in r["rows"]] == [s[0] for s in DF.SETTINGS]
+        assert all(0.0 < x["compute"] <= 1.0 + 1e-9 and x["psnr_min"] <= x["psnr"] for x in r["rows"])
 
 
 def test_tiny_scaling_row():
