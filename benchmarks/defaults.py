@@ -224,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     info = machine_info(args.threads)
+    info["code"] = os.environ.get("BENCH_CODE", "working tree")
     results = run(args.arch, quick=args.quick)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "defaults.md")

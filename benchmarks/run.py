@@ -131,6 +131,7 @@ def run(args: argparse.Namespace, models: Optional[Dict[str, Tuple[Any, str]]] =
         torch.set_num_threads(threads)
     info = machine_info(threads)
     info["threads choice"] = threads_note
+    info["code"] = os.environ.get("BENCH_CODE", "working tree")  # e.g. the commit a snapshot was taken from
     os.makedirs(args.out, exist_ok=True)
     out: Dict[str, Any] = {"results": {}, "scaling": None, "defaults": None, "info": info}
 
