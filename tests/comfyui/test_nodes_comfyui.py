@@ -104,16 +104,22 @@ def test_search_aliases(pack, monkeypatch):
 
 
 def test_advanced_config_keeps_comfyuis_range_checks(pack):
-    """validate_inputs names its two inputs: with **kwargs ComfyUI would skip its own min/max
-    checks for every input of the node."""
+    """validate_inputs names the inputs it checks: with **kwargs ComfyUI would skip its own
+    min/max checks for every input of the node."""
     import inspect
 
-    validate = pack.NODE_CLASS_MAPPINGS["CacheDitAdvancedConfig"].validate_inputs
-    spec = inspect.getfullargspec(validate)
-    assert spec.varkw is None and spec.args[1:] == ["start_percent", "end_percent"]
+    node = pack.NODE_CLASS_MAPPINGS["CacheDitAdvancedConfig"]
+    spec = inspect.getfullargspec(node.validate_inputs)
+    assert spec.varkw is None and {"start_percent", "end_percent"} <= set(spec.args)
+    assert len(spec.args) - 1 < len(node.GET_SCHEMA().inputs)  # the other inputs keep ComfyUI's checks
+    defaults = {i.id: getattr(i, "default", None) for i in node.GET_SCHEMA().inputs}
+
+    def validate(**values):
+        return node.validate_inputs(**{name: values.get(name, defaults[name]) for name in spec.args[1:]})
+
     assert validate(start_percent=0.2, end_percent=0.8) is True
     assert "above end_percent" in validate(start_percent=0.8, end_percent=0.2)
-    assert "outside 0..1" in validate(start_percent=-0.1, end_percent=0.5)
+    assert "start_percent" in validate(start_percent=-0.1, end_percent=0.5)
 
 
 def test_pack_shares_the_cachedit_library(pack, comfy_harness):
@@ -242,7 +248,6 @@ def test_nodes_run_like_comfyui_runs_them(pack, comfy_harness, tmp_path, monkeyp
                     Bn_compute_blocks=0, max_continuous_cached_steps=3, taylorseer=False, taylorseer_order=1,
                     start_percent=0.0, end_percent=1.0)[0]
     latent = {"samples": _sample(h, advanced)}
-    assert nodes_["CacheDitAdvancedConfig"].validate_inputs(start_percent=0.8, end_percent=0.2) is not True
 
     stats = _run(nodes_["CacheDitDetailedStats"], model=advanced, latent=latent)
     latent_out, image_out, summary, chart = stats.args
