@@ -106,6 +106,12 @@ def steps_mask(
     steps they compute 18/15/11/8 steps). The last step of a predefined mask always computes.
     Pass the result as `DBCacheConfig(steps_computation_mask=...)`.
     """
+    if (compute_bins is None) != (cache_bins is None):
+        given, missing = ("compute_bins", "cache_bins") if cache_bins is None else ("cache_bins", "compute_bins")
+        raise ValueError(f"{missing}=None with {given} given is invalid; allowed: both compute_bins and cache_bins, "
+                         f"or neither (total_steps and mask_policy)")
+    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+        raise ValueError(f"total_steps={total_steps!r} is invalid; allowed: a positive integer or None")
     if compute_bins is not None and cache_bins is not None:
         for name, bins in (("compute_bins", compute_bins), ("cache_bins", cache_bins)):
             if not isinstance(bins, (list, tuple)) or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in bins):

@@ -98,13 +98,21 @@ class CacheDitAdvancedConfig(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float, end_percent: float) -> bool | str:
-        """The window must not be empty. Named arguments only (no **kwargs): ComfyUI skips its own
-        min/max checks for every input a validate_inputs receives, so the others keep them."""
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not 0.0 <= value <= 1.0:
-                return f"{name}={value} is outside 0..1"
-        if start_percent > end_percent:
+    def validate_inputs(cls, start_percent: float, end_percent: float, noise_scale: float,
+                        residual_diff_threshold: float) -> bool | str:
+        """Checked before the workflow runs. ComfyUI skips its own min/max checks for every input a
+        validate_inputs receives (so it takes named arguments only, never **kwargs: the others keep
+        ComfyUI's checks), and a NaN passes those checks anyway (every comparison with NaN is
+        false): the FLOAT inputs are checked here, against the schema's own bounds. A linked input
+        (None here) is checked when the node runs."""
+        values = {"start_percent": start_percent, "end_percent": end_percent, "noise_scale": noise_scale,
+                  "residual_diff_threshold": residual_diff_threshold}
+        bounds = {i.id: (i.min, i.max) for i in cls.GET_SCHEMA().inputs if i.id in values}
+        for name, value in values.items():
+            low, high = bounds[name]
+            if value is not None and not low <= value <= high:  # False for NaN
+                return f"{name}={value} is invalid; allowed: a number in [{low}, {high}]"
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
             return f"start_percent={start_percent} is above end_percent={end_percent}; allowed: start_percent <= end_percent"
         return True
 

@@ -66,6 +66,19 @@ class BlockAdapter:
     skip_post_init: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("check_num_outputs", "has_separate_cfg", "auto", "check_prefixes", "check_suffixes",
+                     "skip_post_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"BlockAdapter {name}={getattr(self, name)!r} is invalid; allowed: True or False")
+        if self.check_forward_pattern is not None and not isinstance(self.check_forward_pattern, bool):
+            raise ValueError(f"BlockAdapter check_forward_pattern={self.check_forward_pattern!r} is invalid; allowed: "
+                             f"True, False or None (check diffusers blocks only)")
+        if self.blocks_policy not in ("max", "min"):
+            raise ValueError(f"BlockAdapter blocks_policy={self.blocks_policy!r} is invalid; allowed: 'max' or 'min'")
+        for name in ("allow_prefixes", "allow_suffixes"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"BlockAdapter {name}={value!r} is invalid; allowed: a list of strings")
         if self.skip_post_init:
             return
         transformers = self.transformers(required=False)

@@ -7,7 +7,7 @@ import dataclasses
 import enum
 from typing import Any, Optional
 
-from .validate import check_float, check_int, fail
+from .validate import check_bool, check_dict, check_float, check_int, check_str, fail
 
 
 class CacheType(enum.Enum):
@@ -67,10 +67,21 @@ class BasicCacheConfig:
     force_refresh_step_hint: Optional[int] = None
     force_refresh_step_policy: str = "once"
 
+    def __post_init__(self) -> None:
+        # Every value given is checked now, not when sampling starts. None is "not set": cache-dit's
+        # partial configs (`DBCacheConfig().empty(...)` / `.reset(...)`, ParamsModifier) hold Nones,
+        # and `validate()` (run by enable_cache / refresh_context) requires the fields a run needs.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                _check_cache_field(field.name, value)
+
     def update(self, **kwargs: Any) -> "BasicCacheConfig":
-        """Set every known, non-None field given; unknown keys are ignored (as in cache-dit)."""
+        """Set every known, non-None field given (each checked first); unknown keys are ignored (as in cache-dit)."""
         for key, value in kwargs.items():
             if hasattr(self, key) and value is not None:
+                if key in _CACHE_FIELD_CHECKS:
+                    _check_cache_field(key, value)
                 setattr(self, key, value)
         return self
 
@@ -107,31 +118,58 @@ class BasicCacheConfig:
         return text
 
     def validate(self) -> "BasicCacheConfig":
-        """Raise ValueError naming the first invalid field; return self when all are valid."""
+        """Raise ValueError naming the first invalid field (a field a run needs may not be None);
+        return self when all are valid."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.name in _OPTIONAL_CACHE_FIELDS:
+                continue
+            _check_cache_field(field.name, value)
         self.cache_type = cache_type(self.cache_type)
-        check_int("Fn_compute_blocks", self.Fn_compute_blocks, 0)
-        check_int("Bn_compute_blocks", self.Bn_compute_blocks, 0)
-        check_float("residual_diff_threshold", self.residual_diff_threshold, 0.0, 1e9)
-        if self.max_accumulated_residual_diff_threshold is not None:
-            check_float("max_accumulated_residual_diff_threshold", self.max_accumulated_residual_diff_threshold, 0.0, 1e9)
-        check_int("max_warmup_steps", self.max_warmup_steps, 0)
-        check_int("warmup_interval", self.warmup_interval, 1)
-        check_int("max_cached_steps", self.max_cached_steps, -1)
-        check_int("max_continuous_cached_steps", self.max_continuous_cached_steps, -1)
-        if self.num_inference_steps is not None:
-            check_int("num_inference_steps", self.num_inference_steps, 1)
         if self.steps_computation_mask is not None:
-            mask = self.steps_computation_mask
-            if not isinstance(mask, (list, tuple)) or not mask or any(m not in (0, 1) for m in mask):
-                fail("steps_computation_mask", mask, "a non-empty list of 0 (may reuse) and 1 (compute)")
-            self.steps_computation_mask = list(mask)
-        if self.steps_computation_policy not in ("dynamic", "static"):
-            fail("steps_computation_policy", self.steps_computation_policy, "'dynamic' or 'static'")
-        if self.force_refresh_step_hint is not None:
-            check_int("force_refresh_step_hint", self.force_refresh_step_hint, 1)
-        if self.force_refresh_step_policy not in ("once", "repeat"):
-            fail("force_refresh_step_policy", self.force_refresh_step_policy, "'once' or 'repeat'")
+            self.steps_computation_mask = list(self.steps_computation_mask)
         return self
+
+
+def _check_mask(name: str, mask: Any) -> None:
+    if isinstance(mask, (str, bytes)) or not isinstance(mask, (list, tuple)) or not mask or \
+            any(isinstance(m, bool) or m not in (0, 1) for m in mask):
+        fail(name, mask, "a non-empty list of 0 (may reuse) and 1 (compute), e.g. cachedit.steps_mask(...)")
+
+
+def _check_cache_type(name: str, value: Any) -> None:
+    if not isinstance(value, (CacheType, str)):
+        fail(name, value, "CacheType.DBCache or 'DBCache'")
+    if cache_type(value) is not CacheType.DBCache:
+        fail(name, value, "CacheType.DBCache or 'DBCache' (the only cache CacheDit runs)")
+
+
+_CACHE_FIELD_CHECKS = {
+    "cache_type": _check_cache_type,
+    "Fn_compute_blocks": lambda n, v: check_int(n, v, 0),
+    "Bn_compute_blocks": lambda n, v: check_int(n, v, 0),
+    "residual_diff_threshold": lambda n, v: check_float(n, v, 0.0, 1e9),
+    "max_accumulated_residual_diff_threshold": lambda n, v: check_float(n, v, 0.0, 1e9),
+    "max_warmup_steps": lambda n, v: check_int(n, v, 0),
+    "warmup_interval": lambda n, v: check_int(n, v, 1),
+    "max_cached_steps": lambda n, v: check_int(n, v, -1),
+    "max_continuous_cached_steps": lambda n, v: check_int(n, v, -1),
+    "enable_separate_cfg": check_bool,
+    "cfg_compute_first": check_bool,
+    "cfg_diff_compute_separate": check_bool,
+    "num_inference_steps": lambda n, v: check_int(n, v, 1),
+    "steps_computation_mask": _check_mask,
+    "steps_computation_policy": lambda n, v: check_str(n, v, ("dynamic", "static")),
+    "force_refresh_step_hint": lambda n, v: check_int(n, v, 1),
+    "force_refresh_step_policy": lambda n, v: check_str(n, v, ("once", "repeat")),
+}
+# Fields a complete config may leave at None (cache-dit's Optional fields).
+_OPTIONAL_CACHE_FIELDS = frozenset({"max_accumulated_residual_diff_threshold", "enable_separate_cfg",
+                                    "num_inference_steps", "steps_computation_mask", "force_refresh_step_hint"})
+
+
+def _check_cache_field(name: str, value: Any) -> None:
+    _CACHE_FIELD_CHECKS[name](name, value)
 
 
 @dataclasses.dataclass
@@ -157,11 +195,31 @@ class CalibratorConfig:
         """The config as a plain dict."""
         return dataclasses.asdict(self)
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            self._check(field.name, getattr(self, field.name))
+
+    def _check(self, name: str, value: Any) -> None:
+        """Raise ValueError when `value` is not allowed for field `name`."""
+        if name in ("enable_calibrator", "enable_encoder_calibrator"):
+            check_bool(name, value)
+        elif name in ("calibrator_type", "calibrator_cache_type"):
+            check_str(name, value)
+        elif name == "calibrator_kwargs":
+            check_dict(name, value)
+
     def update(self, **kwargs: Any) -> "CalibratorConfig":
-        """Set every known, non-None field given."""
+        """Set every known, non-None field given (each checked first)."""
         for key, value in kwargs.items():
             if hasattr(self, key) and value is not None:
+                self._check(key, value)
                 setattr(self, key, value)
+        return self
+
+    def validate(self) -> "CalibratorConfig":
+        """Raise ValueError naming the first invalid field."""
+        for field in dataclasses.fields(self):
+            self._check(field.name, getattr(self, field.name))
         return self
 
 
@@ -183,9 +241,12 @@ class TaylorSeerCalibratorConfig(CalibratorConfig):
             return f"TaylorSeer_O({self.taylorseer_order})"
         return f"T1O{self.taylorseer_order}"
 
-    def validate(self) -> "TaylorSeerCalibratorConfig":
-        """Raise ValueError on an invalid order or cache type."""
-        check_int("taylorseer_order", self.taylorseer_order, 0, 4)
-        if self.calibrator_cache_type != "residual":
-            fail("calibrator_cache_type", self.calibrator_cache_type, "'residual'")
-        return self
+    def _check(self, name: str, value: Any) -> None:
+        if name == "taylorseer_order":
+            check_int(name, value, 0, 4)
+        elif name == "calibrator_type":
+            check_str(name, value, ("taylorseer",))
+        elif name == "calibrator_cache_type":
+            check_str(name, value, ("residual",))  # cache-dit's "hidden_states" is not run here
+        else:
+            super()._check(name, value)

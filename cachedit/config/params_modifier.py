@@ -40,8 +40,8 @@ class ParamsModifier:
             cache_config = cache_config.update(**legacy) if cache_config is not None else DBCacheConfig(**legacy)
         if kwargs.get("enable_taylorseer") is not None or kwargs.get("enable_encoder_taylorseer") is not None:
             calibrator_config = TaylorSeerCalibratorConfig(
-                enable_calibrator=bool(kwargs.get("enable_taylorseer")),
-                enable_encoder_calibrator=bool(kwargs.get("enable_encoder_taylorseer")),
+                enable_calibrator=kwargs.get("enable_taylorseer", False),
+                enable_encoder_calibrator=kwargs.get("enable_encoder_taylorseer", False),
                 calibrator_cache_type=kwargs.get("taylorseer_cache_type", "residual"),
                 taylorseer_order=kwargs.get("taylorseer_order", 1))
         self.cache_config = cache_config

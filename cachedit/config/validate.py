@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 
 def fail(name: str, value: Any, allowed: str) -> None:
@@ -26,3 +26,16 @@ def check_bool(name: str, value: Any) -> None:
     """`value` must be True or False."""
     if not isinstance(value, bool):
         fail(name, value, "True or False")
+
+
+def check_str(name: str, value: Any, choices: Optional[Sequence[str]] = None) -> None:
+    """`value` must be a str (one of `choices` when given)."""
+    if not isinstance(value, str) or (choices is not None and value not in choices):
+        fail(name, value, " | ".join(repr(c) for c in choices) if choices is not None else "a string")
+
+
+def check_dict(name: str, value: Any) -> None:
+    """`value` must be a dict."""
+    if not isinstance(value, dict):
+        fail(name, value, "a dict")
+

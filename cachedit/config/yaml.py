@@ -67,6 +67,16 @@ def _read(path_or_dict: Source) -> dict:
     return data
 
 
+def _options(function: str, kwargs: dict, allowed: Tuple[str, ...]) -> Dict[str, bool]:
+    """The keyword options of a loader, each True or False; an unknown one is an error naming it."""
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise TypeError(f"{function}() got {key}={value!r}; allowed keyword arguments: {', '.join(allowed)}")
+        if not isinstance(value, bool):
+            raise ValueError(f"{function}: {key}={value!r} is invalid; allowed: True or False")
+    return {key: bool(kwargs.get(key, False)) for key in allowed}
+
+
 def _sectioned(data: dict) -> bool:
     """True for the `cache_config:` / `parallelism_config:` layout; errors on stray top-level keys."""
     if not any(k in data for k in SECTIONS):
@@ -104,10 +114,13 @@ def _cache_from_dict(kwargs: dict, reset: bool, where: str) -> Tuple[DBCacheConf
     config.update(**{k: v for k, v in kwargs.items() if k not in CALIBRATOR_KEYS})
     if not reset:
         config.validate()
+    for key in ("enable_taylorseer", "enable_encoder_taylorseer"):
+        if key in kwargs and not isinstance(kwargs[key], bool):
+            raise ValueError(f"{where} {key}={kwargs[key]!r} is invalid; allowed: true or false")
     calibrator = None
     if kwargs.get("enable_taylorseer"):
         calibrator = TaylorSeerCalibratorConfig(
-            enable_calibrator=True, enable_encoder_calibrator=bool(kwargs.get("enable_encoder_taylorseer", False)),
+            enable_calibrator=True, enable_encoder_calibrator=kwargs.get("enable_encoder_taylorseer", False),
             calibrator_cache_type=kwargs.get("taylorseer_cache_type", "residual"),
             taylorseer_order=kwargs.get("taylorseer_order", 1)).validate()
     return config, calibrator
@@ -118,8 +131,8 @@ def load_cache_config(path_or_dict: Source, **kwargs: Any) -> Tuple[Optional[DBC
 
     `reset=True` leaves every field the source does not set at None (a partial config, as
     `refresh_context` and `ParamsModifier` use). A file with only other sections gives `(None, None)`."""
+    reset = _options("load_cache_config", kwargs, ("reset",))["reset"]
     data = _read(path_or_dict)
-    reset = bool(kwargs.get("reset", False))
     if not _sectioned(data):
         return _cache_from_dict(data, reset, "cache_config")
     if "cache_config" not in data:
@@ -132,9 +145,10 @@ def load_parallelism_config(path_or_dict: Source, **kwargs: Any) -> Union[Option
 
     CacheDit runs no parallelism; the dict is data for code that passes it on. `check_only=True`
     returns whether the section exists."""
+    check_only = _options("load_parallelism_config", kwargs, ("check_only",))["check_only"]
     data = _read(path_or_dict)
     present = _sectioned(data) and "parallelism_config" in data
-    if kwargs.get("check_only", False):
+    if check_only:
         return present
     if not present:
         return None
@@ -166,6 +180,7 @@ def load_configs(path_or_dict: Source, return_dict: bool = True, **kwargs: Any) 
 
     Returns a dict (pass it on as `enable_cache(pipe, **configs)`) or, with `return_dict=False`,
     the same five values as a tuple in that order."""
+    _options("load_configs", {"return_dict": return_dict, **kwargs}, ("return_dict", "reset"))
     data = _read(path_or_dict)
     cache_config, calibrator_config = load_cache_config(data, **kwargs)
     sectioned = _sectioned(data)
@@ -182,6 +197,7 @@ def load_configs(path_or_dict: Source, return_dict: bool = True, **kwargs: Any) 
 def load_options(path_or_dict: Source, reset: bool = False) -> dict:
     """cache-dit's older loader: `{"cache_config": ..., "calibrator_config": ...}` (the calibrator
     only when enabled; `parallelism_config` too, as a dict, when the file has one)."""
+    _options("load_options", {"reset": reset}, ("reset",))
     data = _read(path_or_dict)
     cache_config, calibrator_config = load_cache_config(data, reset=reset)
     out: Dict[str, Any] = {}
