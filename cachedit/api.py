@@ -17,6 +17,7 @@ from .config import (
     CacheOptions,
     CalibratorConfig,
     GlobalConfig,
+    TaylorSeerCalibratorConfig,
     resolve_options,
 )
 from .config.params_modifier import flatten_modifiers
@@ -39,6 +40,21 @@ _TRANSFORMER_ATTRS = ("transformer", "transformer_2", "transformer_3")
 
 def _is_comfy_patcher(obj: Any) -> bool:
     return hasattr(obj, "model_options") and hasattr(obj, "clone") and hasattr(obj, "model")
+
+
+# Values that are never a model: refused by name instead of "not accelerated" (as cache-dit refuses them).
+_NOT_A_MODEL = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _check_target(obj: Any, function: str) -> None:
+    if isinstance(obj, _NOT_A_MODEL):
+        raise ValueError(f"obj={obj!r} is invalid for {function}(); allowed: a diffusers DiffusionPipeline, a torch.nn.Module, "
+                         f"a cachedit.BlockAdapter, or a ComfyUI ModelPatcher")
+
+
+def _check_flag(function: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid for {function}(); allowed: True or False")
 
 
 def _targets(obj: Any) -> List[nn.Module]:
@@ -77,6 +93,8 @@ def enable_cache(
     end_percent: Optional[float] = None,
     quality: Optional[str] = None,
     error_budget: Optional[float] = None,
+    distributed: Optional[str] = None,
+    process_group: Any = None,
     name: Optional[str] = None,
     **legacy: Any,
 ) -> Any:
@@ -89,8 +107,11 @@ def enable_cache(
     (`error_budget=`: the same as a number, the relative error a reused step may make).
     `cache_config` / `calibrator_config` and cache-dit's legacy keyword arguments
     (`Fn_compute_blocks=`, `residual_diff_threshold=`, `enable_taylorseer=`...) work as in cache-dit,
-    threshold fixed, unless `quality` / `error_budget` is given too. `blocks`: names of the block lists to cache when detection should be
-    overridden. `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
+    threshold fixed, unless `quality` / `error_budget` is given too. `blocks`: names of the block
+    lists to cache when detection should be overridden. Under torch.distributed every rank takes
+    the same decisions: `distributed="auto"` (default) reduces them over `process_group`, else the
+    model's own (diffusers context parallelism, a tensor-parallel mesh), else the default group;
+    "off" never reduces. `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
     cache context, as in cache-dit). `params_modifiers`: a ParamsModifier per block list (with an
     adapter) or per transformer. For a ComfyUI ModelPatcher a patched clone is returned; use the
     return value.
@@ -100,8 +121,11 @@ def enable_cache(
         raise ValueError(
             f"{unknown[0]}={legacy[unknown[0]]!r} is not a known enable_cache argument; allowed keyword arguments: "
             f"strategy, skip_interval, warmup_steps, noise_scale, debug, blocks, start_percent, end_percent, "
-            f"quality, error_budget, name, "
+            f"quality, error_budget, distributed, process_group, name, "
             f"{', '.join(LEGACY_CACHE_KWARGS + LEGACY_CALIBRATOR_KWARGS)}")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"name={name!r} is invalid; allowed: a string (the model's name in stats and logs) or None")
+    _check_target(obj, "enable_cache")
     ignored = [k for k in legacy if k in _IGNORED_CACHE_DIT_KWARGS and legacy[k] is not None]
     if ignored:
         logger.warning("cachedit: ignoring cache-dit arguments %s (no parallelism/quantization here)", ignored)
@@ -111,22 +135,25 @@ def enable_cache(
     options = resolve_options(
         cache_config, calibrator_config, strategy=strategy, skip_interval=skip_interval, warmup_steps=warmup_steps,
         noise_scale=noise_scale, debug=debug, global_config=manager.global_config, legacy=legacy, blocks=blocks,
-        start_percent=start_percent, end_percent=end_percent, error_budget=error_budget, quality=quality)
+        start_percent=start_percent, end_percent=end_percent, error_budget=error_budget, quality=quality,
+        distributed=distributed)
     if _is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415 (ComfyUI is only importable inside ComfyUI)
 
-        return comfyui.enable(obj, options, name=name)
+        return comfyui.enable(obj, options, name=name, process_group=process_group)
     if isinstance(obj, BlockAdapter):
-        return _enable_adapter(obj, options, params_modifiers, name)
+        return _enable_adapter(obj, options, params_modifiers, name, process_group)
     modifiers = flatten_modifiers(params_modifiers)
     for i, module in enumerate(_targets(obj)):
         module_options = modifiers[i].apply(options) if i < len(modifiers) else copy.deepcopy(options)
-        entry = manager.accelerate_module(module, module_options, name=name if i == 0 else None)
+        entry = manager.accelerate_module(module, module_options, name=name if i == 0 else None,
+                                          process_group=process_group)
         report.warn_setup(entry.engine)
     return obj
 
 
-def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifiers: Any, name: Optional[str]) -> BlockAdapter:
+def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifiers: Any, name: Optional[str],
+                    process_group: Any = None) -> BlockAdapter:
     """Hook the lists a BlockAdapter names: one engine per list, modifier i for list i (cache-dit's order)."""
     plans = adapter.plan()
     modifiers = flatten_modifiers(adapter.params_modifiers if adapter.params_modifiers is not None else params_modifiers)
@@ -149,7 +176,7 @@ def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifie
         planned.append((plan.transformer, specs, label))
     manager = get_manager()
     for transformer, specs, label in planned:
-        entry = manager.accelerate_lists(transformer, specs, name=label)
+        entry = manager.accelerate_lists(transformer, specs, name=label, process_group=process_group)
         for engine in entry.engines:
             report.warn_setup(engine)
     if adapter.pipe is not None:
@@ -162,6 +189,7 @@ def disable_cache(obj: Any) -> Any:
     enabled it. Pipelines and modules are restored in place and returned (a no-op for objects never
     accelerated); for a ComfyUI ModelPatcher a clean clone is returned (ComfyUI nodes never modify
     their input), so use the return value."""
+    _check_target(obj, "disable_cache")
     if _is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415
 
@@ -192,7 +220,10 @@ def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any
     """Per accelerated module (per block list with a BlockAdapter): cache-dit's CacheStats fields
     plus hit rate, blocks computed/skipped and estimated compute saved. With `logging`, logs
     cache-dit's statistics table through the "cachedit" logger; `details=True` adds the reused
-    steps and every step's measured diff."""
+    steps and every step's measured diff. `obj=None` gives one empty CacheStats, as in cache-dit;
+    other keyword arguments are accepted and ignored, as in cache-dit."""
+    _check_flag("summary", "details", details)
+    _check_flag("summary", "logging", logging)
     manager = get_manager()
     results: List[CacheStats] = []
     for entry in _entries_of(obj):
@@ -207,17 +238,29 @@ def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any
 def strify(obj: Any) -> str:
     """cache-dit's compact tag of a cache setup, e.g. `DBCache_F1B0_W8I1M0MC0_R0.08_T0O0_S12`.
 
-    Accepts an accelerated object, a CacheStats (or list of them) or a dict of options."""
+    Accepts an accelerated object, a CacheStats (or list of them) or a dict of options: either
+    `{"cache_config": ..., "calibrator_config": ...}` or DBCacheConfig fields (`Fn_compute_blocks`...)."""
     if isinstance(obj, list):
+        if not all(isinstance(o, CacheStats) for o in obj):
+            raise ValueError(f"obj={obj!r} is invalid for strify(); allowed: a list of CacheStats (what summary returns)")
         obj = obj[0] if obj else CacheStats()
     if isinstance(obj, CacheStats):
         opts, cached = obj.cache_options, obj.accumulated_cached_steps
     elif isinstance(obj, dict):
         opts, cached = obj, None
+        allowed = LEGACY_CACHE_KWARGS + ("cache_config", "calibrator_config", "strategy", "cache_type") + \
+            _IGNORED_CACHE_DIT_KWARGS
+        unknown = [k for k in obj if k not in allowed]
+        if unknown:
+            raise ValueError(f"obj has the key {unknown[0]!r}, which strify() does not know; allowed keys: "
+                             f"{', '.join(dict.fromkeys(allowed))}")
         if "cache_config" not in opts:
             config = BasicCacheConfig().update(**{k: v for k, v in obj.items() if k in LEGACY_CACHE_KWARGS})
             opts = {"cache_config": config}
+        elif opts["cache_config"] is not None and not isinstance(opts["cache_config"], BasicCacheConfig):
+            raise ValueError(f"cache_config={opts['cache_config']!r} is invalid for strify(); allowed: a DBCacheConfig")
     else:
+        _check_target(obj, "strify")
         entries = _entries_of(obj)
         if not entries:
             return ""
@@ -239,7 +282,9 @@ def refresh_context(obj: Any, **kwargs: Any) -> Any:
     `num_inference_steps=`, any DBCacheConfig field, the TaylorSeer keys (`enable_taylorseer=`,
     `taylorseer_order=`...), or `cache_config=` / `calibrator_config=`. Accepts what enable_cache
     accepted (a pipeline, transformer or BlockAdapter); every block list's context is refreshed."""
-    kwargs.pop("verbose", None)
+    _check_target(obj, "refresh_context")
+    if "verbose" in kwargs:
+        _check_flag("refresh_context", "verbose", kwargs.pop("verbose"))
     entries = _entries_of(obj)
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache first")
@@ -254,9 +299,15 @@ def refresh_context(obj: Any, **kwargs: Any) -> Any:
             options = copy.deepcopy(engine.options)
             if kwargs.get("cache_config") is not None:
                 new = kwargs["cache_config"]
+                if not isinstance(new, BasicCacheConfig):
+                    raise ValueError(f"cache_config={new!r} is invalid for refresh_context(); allowed: a DBCacheConfig")
                 options.cache_config = type(options.cache_config)(**{f.name: copy.deepcopy(getattr(new, f.name))
                                                                       for f in dataclasses.fields(BasicCacheConfig)})
             if "calibrator_config" in kwargs:
+                if kwargs["calibrator_config"] is not None and \
+                        not isinstance(kwargs["calibrator_config"], TaylorSeerCalibratorConfig):
+                    raise ValueError(f"calibrator_config={kwargs['calibrator_config']!r} is invalid for refresh_context(); "
+                                     f"allowed: a TaylorSeerCalibratorConfig or None")
                 options.calibrator_config = copy.deepcopy(kwargs["calibrator_config"])
             elif "enable_taylorseer" in fields:
                 options.calibrator_config = copy.deepcopy(calibrator)
@@ -307,6 +358,7 @@ def reset_cache_stats(obj: Any = None) -> None:
     if obj is None:
         manager.stats.reset()
         return
+    _check_target(obj, "reset_cache_stats")
     entries = _entries_of(obj)
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache, or None")

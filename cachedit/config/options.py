@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, Optional, Sequence, Tuple
 
 from .cache_dit import BasicCacheConfig, CalibratorConfig, DBCacheConfig, TaylorSeerCalibratorConfig
-from .validate import check_bool, check_float, check_int, fail
+from .validate import check_bool, check_float, check_int, check_str, fail
 
 
 def strategy_names() -> Tuple[str, ...]:
@@ -28,6 +28,9 @@ class GlobalConfig:
     default_warmup_steps: Optional[int] = None  # None: the strategy's own default
     default_noise_scale: float = 0.0
     global_debug: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "GlobalConfig":
         """Raise ValueError naming the invalid field."""
@@ -89,6 +92,11 @@ class CacheOptions:
     # adaptive: keep the measured reuse error near this budget by moving the threshold (None: the
     # threshold stays where the config put it, as in cache-dit)
     error_budget: Optional[float] = None
+    # torch.distributed: "auto" reduces adaptive decisions over the model's ranks, "off" never does
+    distributed: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @property
     def taylorseer_order(self) -> int:
@@ -111,8 +119,17 @@ class CacheOptions:
             fail("start_percent", self.start_percent, f"a value <= end_percent ({self.end_percent})")
         if self.error_budget is not None:
             check_float("error_budget", self.error_budget, 1e-6, 1.0)
+        if self.distributed not in ("auto", "off"):
+            fail("distributed", self.distributed, "'auto' | 'off'")
+        check_bool("log_runs", self.log_runs)
+        if self.blocks is not None:
+            check_blocks(self.blocks)
+        if not isinstance(self.cache_config, BasicCacheConfig):
+            fail("cache_config", self.cache_config, "a DBCacheConfig")
         self.cache_config.validate()
         if self.calibrator_config is not None:
+            if not isinstance(self.calibrator_config, TaylorSeerCalibratorConfig):
+                fail("calibrator_config", self.calibrator_config, "a TaylorSeerCalibratorConfig or None")
             self.calibrator_config.validate()
         return self
 
@@ -120,6 +137,16 @@ class CacheOptions:
         """cache-dit style tag of the config plus calibrator, e.g. `DBCache_F1B0_..._T1O1`."""
         cal = self.calibrator_config.strify() if self.taylorseer_order else "T0O0"
         return f"{self.cache_config.strify()}_{cal}"
+
+
+def check_blocks(blocks: Any) -> None:
+    """`blocks=`: a list of block-list names (attribute paths) and/or torch ModuleLists."""
+    from torch import nn  # noqa: PLC0415 (configs import without torch elsewhere)
+
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (list, tuple)) or not blocks or \
+            not all(isinstance(b, (str, nn.ModuleList)) for b in blocks):
+        fail("blocks", blocks, "a non-empty list of block-list names (e.g. ['transformer_blocks']) or "
+                               "torch.nn.ModuleList objects")
 
 
 def _error_budget(error_budget: Optional[float], quality: Optional[str], strategy: str, user_tuned: bool) -> Optional[float]:
@@ -158,6 +185,7 @@ def resolve_options(
     end_percent: Optional[float] = None,
     error_budget: Optional[float] = None,
     quality: Optional[str] = None,
+    distributed: Optional[str] = None,
 ) -> CacheOptions:
     """Merge explicit arguments, cache-dit configs, legacy kwargs and global defaults.
 
@@ -191,13 +219,21 @@ def resolve_options(
     if warmup_steps is not None:
         config.max_warmup_steps = warmup_steps
 
+    for key in ("enable_taylorseer", "enable_encoder_taylorseer"):
+        if cal_legacy.get(key) is not None:
+            check_bool(key, cal_legacy[key])
+    if cal_legacy.get("taylorseer_cache_type") is not None:
+        check_str("taylorseer_cache_type", cal_legacy["taylorseer_cache_type"], ("residual",))
     calibrator = copy.deepcopy(calibrator_config)
     if calibrator is None and cal_legacy.get("enable_taylorseer"):
         calibrator = TaylorSeerCalibratorConfig(
             enable_calibrator=True,
-            enable_encoder_calibrator=bool(cal_legacy.get("enable_encoder_taylorseer", True)),
+            enable_encoder_calibrator=cal_legacy.get("enable_encoder_taylorseer", True),
+            calibrator_cache_type=cal_legacy.get("taylorseer_cache_type", "residual"),
             taylorseer_order=cal_legacy.get("taylorseer_order", 1),
         )
+    elif cal_legacy.get("taylorseer_order") is not None:
+        check_int("taylorseer_order", cal_legacy["taylorseer_order"], 0, 4)  # given without enable_taylorseer
     if calibrator is None and not user_tuned and (strategy or global_config.default_strategy) == "adaptive":
         calibrator = TaylorSeerCalibratorConfig(taylorseer_order=ADAPTIVE_DEFAULT_TAYLORSEER_ORDER)
 
@@ -212,6 +248,7 @@ def resolve_options(
         start_percent=0.0 if start_percent is None else start_percent,
         end_percent=1.0 if end_percent is None else end_percent,
         error_budget=_error_budget(error_budget, quality, strategy or global_config.default_strategy, user_tuned),
+        distributed="auto" if distributed is None else distributed,
     )
     if options.strategy in ("fixed", "dynamic") and not user_tuned and warmup_steps is None:
         # Step-schedule strategies keep a short warmup too; the DBCache threshold is unused.

@@ -2,23 +2,26 @@
 
 The decider asks the strategy, applies what the engine knows (a reuse needs everything it would
 reuse), records the outcome on the branch and in the run's record, and announces it on the bus.
-It is also the one place a decision's metric is read: the relative L1 change of the probe that
-DBCache compares with its threshold, as sums read with the single host sync a decision needs; and,
-with error feedback, the reuse error measured at the last computed step (read at the next decision).
+It is also the one place a decision's metric is read (`measure`): the relative L1 change of the
+probe that DBCache compares with its threshold, as sums read with the single host copy a decision
+needs, together with the reuse error measured at the last computed step (error feedback); under
+torch.distributed, reduced over the model's ranks in that same place (distributed.py).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import dataclasses
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..events import bus
 from .buffers import sub_into
 from .calls import CallState
+from .distributed import DecisionGroup, rank_vector
 from .feedback import ErrorFeedback
 from .state import BranchState, StepRecord
-from .strategies import Decision, Measure, Strategy
+from .strategies import Decision, Strategy
 
 
 def change_sums(previous: torch.Tensor, current: torch.Tensor,
@@ -32,23 +35,25 @@ def change_sums(previous: torch.Tensor, current: torch.Tensor,
             torch.linalg.vector_norm(previous, 1, dtype=torch.float32))
 
 
-def read_floats(tensors: List[torch.Tensor]) -> List[float]:
-    """Host values of 0-dim tensors, in one device->host copy (the decision's one sync)."""
-    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
-
-
 def ratio(num: float, den: float) -> float:
     """num / den, with a floor on the denominator (an all-zero probe)."""
     return num / max(den, 1e-12)
 
 
-def relative_change(previous: torch.Tensor, current: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> Optional[float]:
-    """mean|previous - current| / mean|previous| as a float (None when the shapes differ)."""
-    sums = change_sums(previous, current, scratch)
-    if sums is None:
-        return None
-    num, den = read_floats(list(sums))
-    return ratio(num, den)
+@dataclasses.dataclass
+class Measured:
+    """What a decision's measurement read (on every rank alike under torch.distributed)."""
+
+    diff: Optional[float]  # relative change; None: nothing to compare against (on some rank)
+    can_reuse: bool  # everything a reuse needs is there (on every rank)
+    extra: List[float]  # the caller's extra scalars (summed over ranks)
+
+
+def _batch(branch: BranchState) -> int:
+    """Batch size of the branch's main input (the length of per-element error vectors)."""
+    signature = branch.signature
+    shape = signature[0] if signature else ()
+    return int(shape[0]) if shape else 1
 
 
 def _worst(nums: List[float], dens: List[float]) -> float:
@@ -59,11 +64,13 @@ def _worst(nums: List[float], dens: List[float]) -> float:
 class Decider:
     """Runs the strategy for a call and records and announces what it decided."""
 
-    def __init__(self, key: int, name: str, strategy: Strategy, feedback: Optional[ErrorFeedback] = None) -> None:
+    def __init__(self, key: int, name: str, strategy: Strategy, feedback: Optional[ErrorFeedback] = None,
+                 group: Optional[DecisionGroup] = None) -> None:
         self.key = key
         self.name = name
         self.strategy = strategy
         self.feedback = feedback
+        self.group = group  # torch.distributed: where decisions are reduced (None: never)
 
     @property
     def threshold(self) -> Optional[float]:
@@ -71,28 +78,65 @@ class Decider:
         return self.strategy.threshold
 
     # -- the metric -------------------------------------------------------------------------------
-    def probe_change(self, branch: BranchState, previous: torch.Tensor, current: torch.Tensor,
-                     scratch: Optional[torch.Tensor] = None) -> Optional[float]:
-        """The probe's relative change since the last computed step. An error measured at that
-        computed step (error feedback) is read in the same sync and fed back first, so the
-        threshold this decision compares with already knows it."""
-        sums = change_sums(previous, current, scratch)
+    def measure(self, branch: BranchState, previous: Optional[torch.Tensor], current: Optional[torch.Tensor],
+                can_reuse: bool, scratch: Optional[torch.Tensor] = None,
+                extra: Sequence[torch.Tensor] = ()) -> Measured:
+        """The relative change previous -> current, with the decision's one host copy. An error
+        measured at the last computed step (error feedback) and `extra` scalars are read in the same
+        copy; the error is fed back first, so the threshold this decision compares with knows it.
+        Under torch.distributed every rank joins one reduction here, whatever it has (see
+        distributed.py): the change, the flags and the error are the world's."""
+        sums = change_sums(previous, current, scratch) if previous is not None and current is not None else None
+        group = self.group.group() if self.group is not None else None
+        if group is None:
+            return self._measure_local(branch, sums, can_reuse, extra)
+        return self._measure_world(branch, sums, can_reuse, extra, group, _batch(branch))
+
+    def _measure_local(self, branch: BranchState, sums: Optional[tuple], can_reuse: bool,
+                       extra: Sequence[torch.Tensor]) -> Measured:
         if sums is None:
-            return None
-        if branch.error_sums is None:
-            return ratio(*read_floats(list(sums)))
-        nums, dens = branch.error_sums
-        values = torch.cat([torch.stack(sums), nums, dens]).tolist()  # the decision's one sync
-        n = nums.numel()
-        self._observe(branch, _worst(values[2:2 + n], values[2 + n:]))
-        return ratio(values[0], values[1])
+            return Measured(None, can_reuse, [])
+        parts = list(sums) + list(extra)
+        errors = branch.error_sums
+        if errors is not None:
+            parts += list(errors)
+        values = torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).tolist()  # the decision's one sync
+        k = 2 + len(extra)
+        if errors is not None:
+            n = errors[0].numel()
+            self._observe(branch, _worst(values[k:k + n], values[k + n:]))
+        return Measured(ratio(values[0], values[1]), can_reuse, values[2:k])
+
+    def _measure_world(self, branch: BranchState, sums: Optional[tuple], can_reuse: bool,
+                       extra: Sequence[torch.Tensor], group: Any, batch: int) -> Measured:
+        errors = branch.error_sums
+        if errors is not None and errors[0].numel() != batch:
+            errors = None  # not per element of this batch: left out everywhere alike
+        device = next((t.device for t in (list(sums or ()) + list(extra) + list(errors or ()))), torch.device("cpu"))
+        zero, one = torch.zeros(1, device=device), torch.ones(1, device=device)
+        nothing = torch.zeros(batch, device=device)
+        parts = [*(sums or (zero, zero)), one if sums is not None else zero, one if can_reuse else zero,
+                 one if errors is not None else zero, *(errors or (nothing, nothing)), *extra]
+        values = self.group.reduce(rank_vector(parts, device), group).tolist()  # the decision's one sync
+        world = group.size()
+        valid, everyone_can, all_errors = (round(v) == world for v in values[2:5])
+        if all_errors:
+            self._observe(branch, _worst(values[5:5 + batch], values[5 + batch:5 + 2 * batch]))
+        else:
+            branch.error_sums = None
+        return Measured(ratio(values[0], values[1]) if valid else None, everyone_can, values[5 + 2 * batch:])
 
     # -- error feedback ---------------------------------------------------------------------------
     def flush(self, branch: BranchState) -> None:
-        """Read an error still waiting on `branch` (at the end of a run, or when no probe was measured)."""
-        if branch.error_sums is not None:
-            nums, dens = torch.stack(branch.error_sums).tolist()
-            self._observe(branch, _worst(nums, dens))
+        """Read an error still waiting on `branch` (no probe was measured at this decision, or the
+        run ends): a reduction of its own under torch.distributed."""
+        if branch.error_sums is None:
+            return
+        if self.group is not None and self.group.group() is not None:
+            self.measure(branch, None, None, can_reuse=False)
+            return
+        nums, dens = torch.stack(branch.error_sums).tolist()
+        self._observe(branch, _worst(nums, dens))
 
     def _observe(self, branch: BranchState, error: float) -> None:
         record = branch.computed_record
@@ -106,18 +150,28 @@ class Decider:
                                     diff=record.diff, gap=branch.computed_gap, budget=self.feedback.budget)
 
     # -- the decision -----------------------------------------------------------------------------
-    def decide(self, call: CallState, measure: Measure, can_reuse: bool, skipped_blocks: int, total_blocks: int) -> Decision:
+    def decide(self, call: CallState, measure: Callable[[bool], Measured], can_reuse: bool, skipped_blocks: int,
+               total_blocks: int) -> Decision:
         """Decide for `call` (placed), set `call.reuse`, record it; returns the strategy's decision.
 
-        `can_reuse`: everything a reuse needs is there (else the call computes whatever the
-        strategy says); `skipped_blocks` of `total_blocks` are what a reuse saves."""
+        `measure(can_reuse)`: the metric, called by strategies that read one (adaptive), at most once.
+        `can_reuse`: everything a reuse needs is there on this rank (else the call computes whatever
+        the strategy says; when the metric is measured, on every rank); `skipped_blocks` of
+        `total_blocks` are what a reuse saves."""
         branch, step = call.branch, call.step
-        decision = self.strategy.decide(branch, step, call.progress, measure, final=call.final)
+        outcome = {"can_reuse": can_reuse}
+
+        def measured() -> Optional[float]:
+            result = measure(can_reuse)
+            outcome["can_reuse"] = result.can_reuse
+            return result.diff
+
+        decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final)
         self.flush(branch)  # an error the strategy's measurement did not read yet
         threshold = decision.threshold if decision.threshold is not None else self.threshold
         if decision.recorded is not None:
             branch.record_diff(step, decision.recorded)
-        reuse = decision.reuse and can_reuse
+        reuse = decision.reuse and outcome["can_reuse"]
         call.decided = True
         call.reuse = reuse
         recorded = branch.residual_diffs.get(str(step), decision.diff)

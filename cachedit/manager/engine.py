@@ -25,7 +25,8 @@ from ..config import CacheOptions
 from .block_reuse import BlockReuse, Streams
 from .buffers import ProbeBuffers, tensor_version
 from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
-from .decisions import Decider
+from .decisions import Decider, Measured
+from .distributed import DecisionGroup
 from .feedback import ErrorFeedback
 from .layout import BlockLayout
 from .step_reuse import StepReuse
@@ -41,9 +42,10 @@ class CacheEngine:
     """Runtime of one accelerated model (owned by the CacheManager, found through a weakref)."""
 
     def __init__(self, key: int, name: str, options: CacheOptions, list_lengths: Sequence[int], *,
-                 clone_inputs: bool = False) -> None:
+                 clone_inputs: bool = False, group: Optional[DecisionGroup] = None) -> None:
         self.key = key
         self.name = name
+        self.group = group  # torch.distributed: where decisions are reduced (distributed.py)
         self.lock = threading.RLock()
         self.enabled = True
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
@@ -57,7 +59,7 @@ class CacheEngine:
         if options.error_budget is not None and options.strategy == "adaptive":
             self.feedback = ErrorFeedback(options.error_budget, float(cfg.residual_diff_threshold))
         self.strategy = make_strategy(options, self.feedback)
-        self.decider = Decider(self.key, self.name, self.strategy, self.feedback)
+        self.decider = Decider(self.key, self.name, self.strategy, self.feedback, self.group)
         self.blocks = BlockReuse(options, self.layout, clone_inputs, self.scratch_like if self.feedback else None)
         self.steps = StepReuse(options, self.decider, measure_errors=self.feedback is not None)
         self.placer.default_total_steps = cfg.num_inference_steps
@@ -226,10 +228,9 @@ class CacheEngine:
         self.placer.place(call)
         branch = call.branch
 
-        def measure() -> Optional[float]:
-            if probe is None or branch.probe is None:
-                return None
-            return self.decider.probe_change(branch, branch.probe, probe, self.buffers.scratch_like(probe))
+        def measure(can_reuse: bool) -> Measured:
+            scratch = self.buffers.scratch_like(probe) if probe is not None and branch.probe is not None else None
+            return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
         self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
         if call.reuse:

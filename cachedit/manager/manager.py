@@ -24,6 +24,7 @@ from ..events.logging import LogSubscriber
 from ..events.stats import CacheStats, StatsAggregator
 from . import pipe_hooks
 from .blocks import NoBlocksFoundError, find_block_lists
+from .distributed import DecisionGroup
 from .engine import CacheEngine
 from .torch_hooks import CodecFactory, EngineBlocks, TorchHooks
 
@@ -97,15 +98,18 @@ class CacheManager:
                                           num_blocks=e.num_blocks, level=e.level)
         return entry
 
-    def accelerate_module(self, module: nn.Module, options: CacheOptions, name: Optional[str] = None) -> ModelEntry:
+    def accelerate_module(self, module: nn.Module, options: CacheOptions, name: Optional[str] = None,
+                          process_group: Any = None) -> ModelEntry:
         """Hook a torch module (diffusers transformer, any DiT, or a block-less model at step level)."""
         lists = find_block_lists(module, options.blocks)
         self.release(module)  # a second enable_cache replaces the first, hooks included
-        engine = CacheEngine(id(module), name or type(module).__name__, options, [len(bl) for _, bl in lists])
+        engine = CacheEngine(id(module), name or type(module).__name__, options, [len(bl) for _, bl in lists],
+                             group=DecisionGroup(module, process_group, options.distributed))
         return self._install(module, [EngineBlocks(engine, [b for _, bl in lists for b in bl])],
                              [n for n, _ in lists])
 
-    def accelerate_lists(self, module: nn.Module, specs: Sequence[ListSpec], name: Optional[str] = None) -> ModelEntry:
+    def accelerate_lists(self, module: nn.Module, specs: Sequence[ListSpec], name: Optional[str] = None,
+                         process_group: Any = None) -> ModelEntry:
         """Hook the block lists a BlockAdapter names, one engine (cache context) per list."""
         if not specs:
             raise NoBlocksFoundError(f"{type(module).__name__}: no block list to cache")
@@ -114,7 +118,8 @@ class CacheManager:
         parts = []
         for spec in specs:
             # keyed by its first block: the blocks live as long as the model, a list object may not
-            engine = CacheEngine(id(spec.blocks[0]), f"{label}.{spec.name}", spec.options, [len(spec.blocks)])
+            engine = CacheEngine(id(spec.blocks[0]), f"{label}.{spec.name}", spec.options, [len(spec.blocks)],
+                                 group=DecisionGroup(module, process_group, spec.options.distributed))
             parts.append(EngineBlocks(engine, list(spec.blocks)) if spec.codec is None
                          else EngineBlocks(engine, list(spec.blocks), spec.codec))
         return self._install(module, parts, [s.name for s in specs])

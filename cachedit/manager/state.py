@@ -68,6 +68,7 @@ class BranchState:
     last_input: Optional[torch.Tensor] = None
     last_output: Optional[torch.Tensor] = None
     output_rate: Optional[float] = None  # |d out| / |d in| measured between the last two computes
+    rate_sums: Optional[List[torch.Tensor]] = None  # the sums behind the next output_rate, read at the next decision
     accumulated_change: float = 0.0
 
     def clear_buffers(self) -> None:
@@ -78,6 +79,7 @@ class BranchState:
         self.last_input = None
         self.last_output = None
         self.output_rate = None
+        self.rate_sums = None
         self.accumulated_change = 0.0
         self.last_computed_step = -1
         self.computed_record = None

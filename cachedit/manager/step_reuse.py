@@ -17,7 +17,7 @@ from ..config import CacheOptions
 from .block_reuse import add_noise
 from .buffers import sample_l1
 from .calls import CallState
-from .decisions import Decider, relative_change
+from .decisions import Decider, Measured, change_sums, ratio
 
 
 def _matching_channels(t: torch.Tensor, like: Optional[torch.Tensor]) -> torch.Tensor:
@@ -39,14 +39,18 @@ class StepReuse:
         """Decide for `call` (input `x`), then return the reused output or `compute()`'s."""
         branch = call.branch
 
-        def measure() -> Optional[float]:
-            if branch.last_input is None:
-                return None
-            d_in = relative_change(branch.last_input, x)
-            if d_in is None:
-                return None
-            rate = branch.output_rate if branch.output_rate is not None else 1.0
-            return branch.accumulated_change + rate * d_in
+        def measure(can_reuse: bool) -> Measured:
+            zero = torch.zeros((), device=x.device)
+            rate_sums = branch.rate_sums or [zero] * 4  # read with the decision, not where it was computed
+            result = self.decider.measure(branch, branch.last_input, x, can_reuse, extra=rate_sums)
+            branch.rate_sums = None
+            out_num, out_den, in_num, in_den = result.extra
+            if in_num > 0.0 and out_den > 0.0:
+                branch.output_rate = ratio(out_num, out_den) / ratio(in_num, in_den)
+            if result.diff is not None:
+                rate = branch.output_rate if branch.output_rate is not None else 1.0
+                result.diff = branch.accumulated_change + rate * result.diff
+            return result
 
         decision = self.decider.decide(call, measure, can_reuse=branch.last_output is not None, skipped_blocks=1,
                                        total_blocks=1)
@@ -60,15 +64,14 @@ class StepReuse:
         out = compute()
         base = _matching_channels(x, out)
         residual = out - base if base.shape == out.shape else None
-        if self.measure_errors and residual is not None and branch.last_output is not None \
-                and branch.last_output.shape == residual.shape:
-            # error feedback: what reusing here would have been off by, relative to the output (no sync)
-            branch.error_sums = [sample_l1(residual - branch.last_output), sample_l1(out)]
-        if branch.last_output is not None and residual is not None and branch.last_input is not None:
-            d_in = relative_change(branch.last_input, x)
-            d_out = relative_change(branch.last_output, residual)
-            if d_in and d_out is not None:
-                branch.output_rate = d_out / d_in
+        last_input, last_output = branch.last_input, branch.last_output
+        if residual is not None and last_output is not None and last_output.shape == residual.shape:
+            if self.measure_errors:
+                # error feedback: what reusing here would have been off by, relative to the output (no sync)
+                branch.error_sums = [sample_l1(residual - last_output), sample_l1(out)]
+            if last_input is not None and last_input.shape == x.shape:
+                # how much the output moved per unit of input change, read at the next decision
+                branch.rate_sums = [*change_sums(last_output, residual), *change_sums(last_input, x)]
         branch.accumulated_change = 0.0
         branch.last_input = x
         branch.last_output = residual

@@ -23,6 +23,7 @@ from ...config import CacheOptions
 from ...events import report
 from ...manager import get_manager
 from ...manager.blocks import HIDDEN_NAMES, find_block_lists
+from ...manager.distributed import DecisionGroup
 from ...manager.engine import CacheEngine
 from .handle import KEY, _Handle, handle_of
 from .hooks import install, strip
@@ -124,7 +125,7 @@ def _model_name(m: Any) -> str:
     return type(m.model).__name__
 
 
-def enable(patcher: Any, options: CacheOptions, name: Optional[str] = None) -> Any:
+def enable(patcher: Any, options: CacheOptions, name: Optional[str] = None, process_group: Any = None) -> Any:
     """A clone of `patcher` with CacheDit installed (an earlier CacheDit setup on it is replaced)."""
     m = patcher.clone()
     strip(m)
@@ -134,7 +135,7 @@ def enable(patcher: Any, options: CacheOptions, name: Optional[str] = None) -> A
     layout = layout_of(dm)
     lists = [getattr(dm, attr) for attr, _ in layout.lists]
     engine = CacheEngine(id(m), name or _model_name(m), options, [len(bl) for bl in lists],
-                         clone_inputs=layout.clone_inputs)
+                         clone_inputs=layout.clone_inputs, group=DecisionGroup(dm, process_group, options.distributed))
     handle = _Handle(engine, layout, m)
     install(m, handle)
     ref = weakref.ref(m)  # the manager must not keep the patcher alive

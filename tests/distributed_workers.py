@@ -1,0 +1,241 @@
+"""Rank code for tests/test_distributed.py: spawned processes, gloo on the CPU, short timeouts.
+
+Every scenario returns plain data (lists, floats, tensors) that the parent compares; nothing here
+asserts, so a failure shows the data of every rank. A CPU build reports 0 accelerators and
+diffusers divides by that count when it picks a rank's device: `shim_device_count` (test only).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def shim_device_count() -> None:
+    """diffusers computes `rank % torch.accelerator.device_count()`; a CPU build says 0."""
+    torch.accelerator.device_count = lambda: 1
+
+
+def run_rank(rank: int, world: int, init_file: str, scenario: str, args: Dict[str, Any], queue: Any) -> None:
+    """Process entry: join the group, run `scenario`, put (rank, result or error text) on `queue`."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, HERE)
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=args.get("timeout", 45)))
+        shim_device_count()
+        result = SCENARIOS[scenario](rank, world, **args.get("kwargs", {}))
+        queue.put((rank, "ok", _plain(result)))
+    except BaseException:  # report, never hang the parent
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """Tensors as numpy arrays: they pickle by value (torch's shared-memory handles die with the rank)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _bundled():
+    from cachedit.bundled import digits as D
+
+    return D, D.load_model()
+
+
+def _run(D, model, labels, steps: int = 14, seed: int = 0, cfg_mode: str = "batched", **cache) -> Dict[str, Any]:
+    """One cached generation; (images, the summary's cached steps and diffs)."""
+    import cachedit
+
+    cachedit.enable_cache(model.transformer, **cache)
+    images = D.generate(model, labels, num_steps=steps, seed=seed, cfg_mode=cfg_mode)
+    s = cachedit.summary(model.transformer, logging=False)[0]
+    out = {"images": images, "cached": list(s.cached_steps), "cfg_cached": list(s.cfg_cached_steps),
+           "diffs": dict(s.residual_diffs)}
+    cachedit.disable_cache(model.transformer)
+    return out
+
+
+def _fixed_threshold(threshold: float) -> Dict[str, Any]:
+    import cachedit
+
+    return dict(cache_config=cachedit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
+                                                    residual_diff_threshold=threshold, max_warmup_steps=2,
+                                                    max_continuous_cached_steps=3),
+                calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=1))
+
+
+def _ulysses(model) -> None:
+    from diffusers import ContextParallelConfig
+
+    model.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+
+
+# -- scenarios ----------------------------------------------------------------------------------------
+
+def context_parallel(rank: int, world: int, order: str, thresholds: list, steps: int = 14) -> Dict[str, Any]:
+    """The bundled Flux with Ulysses 2, CacheDit enabled before or after the parallelism: per
+    threshold (and the default), the cached steps and images, next to the same model in a single
+    process (`distributed='off'`, before parallelism: no collective runs)."""
+    D, model = _bundled()
+    labels = [0, 1, 2, 3]
+    single = {str(t): _run(D, model, labels, steps, distributed="off", **_fixed_threshold(t)) for t in thresholds}
+    single["default"] = _run(D, model, labels, steps, distributed="off")
+    import cachedit
+
+    results: Dict[str, Any] = {}
+    if order == "parallel_first":
+        _ulysses(model)
+    else:  # cache first, then the parallelism wraps the hooked model
+        cachedit.enable_cache(model.transformer, **_fixed_threshold(thresholds[0]))
+        _ulysses(model)
+        images = D.generate(model, labels, num_steps=steps, seed=0)
+        s = cachedit.summary(model.transformer, logging=False)[0]
+        results[str(thresholds[0])] = {"images": images, "cached": list(s.cached_steps), "diffs": dict(s.residual_diffs)}
+        cachedit.disable_cache(model.transformer)
+    for t in thresholds:
+        if str(t) not in results:
+            results[str(t)] = _run(D, model, labels, steps, **_fixed_threshold(t))
+    results["default"] = _run(D, model, labels, steps)
+    return {"single": single, "parallel": results}
+
+
+def local_probe_diffs(rank: int, world: int, steps: int = 14) -> Dict[str, Any]:
+    """Each rank's own probe diffs under Ulysses 2 with decisions NOT reduced (distributed='off') and
+    a threshold that never reuses (so no collective is skipped): what the ranks would disagree on."""
+    D, model = _bundled()
+    _ulysses(model)
+    return _run(D, model, [0, 1, 2, 3], steps, distributed="off", **_fixed_threshold(1e-6))["diffs"]
+
+
+def different_inputs(rank: int, world: int, steps: int = 14) -> Dict[str, Any]:
+    """No parallelism inside the model: each rank samples its own digits (data parallel). With the
+    default policy the decisions are still the world's: every rank reuses the same steps."""
+    D, model = _bundled()
+    labels = [rank, rank + 2, rank + 4]
+    reduced = _run(D, model, labels, steps, seed=rank, **_fixed_threshold(0.2))
+    alone = _run(D, model, labels, steps, seed=rank, distributed="off", **_fixed_threshold(0.2))
+    fixed = _run(D, model, labels, steps, seed=rank, strategy="fixed", skip_interval=2, warmup_steps=2)
+    default = _run(D, model, labels, steps, seed=rank)
+    return {"reduced": reduced["cached"], "alone": alone["cached"], "fixed": fixed["cached"],
+            "default": default["cached"], "reduced_diffs": reduced["diffs"], "alone_diffs": alone["diffs"]}
+
+
+def cfg_parallel(rank: int, world: int, steps: int = 14) -> Dict[str, Any]:
+    """CFG parallelism: rank 0 evaluates the conditional branch, rank 1 the unconditional one (no
+    collective inside the model); their decisions are reduced over the CFG group (the world here)."""
+    D, model = _bundled()
+    import cachedit
+
+    labels = torch.tensor([1, 2, 3])
+    branch_labels = labels if rank == 0 else torch.full_like(labels, D.NULL_LABEL)
+    cachedit.enable_cache(model.transformer, **_fixed_threshold(0.2))
+    transformer = model.transformer
+    from cachedit.bundled import archs as A
+
+    x = A.initial_latents("flux", len(labels), seed=0)
+    sigmas = D.sigmas_schedule(steps)
+    with torch.no_grad():
+        cond = model.condition(branch_labels)
+        for i in range(steps):
+            v = transformer(**A.transformer_kwargs("flux", x, float(sigmas[i]), cond))[0]
+            x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v  # each rank its own branch only
+    s = cachedit.summary(transformer, logging=False)[0]
+    cachedit.disable_cache(transformer)
+    return {"cached": list(s.cached_steps)}
+
+
+def failing_rank(rank: int, world: int, init_file: str, steps: int = 12) -> Dict[str, Any]:
+    """Rank 1 raises inside a block at step 4; rank 0 then fails in the next decision's reduction
+    (its peer left the group). Both runs end as failed, so nothing half-written is kept; after a new
+    group (as a restarted job would make) the next run equals a fresh cached run."""
+    import cachedit
+    import torch.distributed as dist
+
+    D, model = _bundled()
+    labels = [0, 1]
+    fresh = _run(D, model, labels, steps, **_fixed_threshold(0.2))
+    cachedit.enable_cache(model.transformer, **_fixed_threshold(0.2))
+    block = model.transformer.single_transformer_blocks[3]
+    hooked = block.forward
+    calls = {"n": 0}
+
+    def boom(*args, **kwargs):
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 5:
+            raise RuntimeError("rank 1 failed mid-step")
+        return hooked(*args, **kwargs)
+
+    block.forward = boom
+    error = ""
+    try:
+        D.generate(model, labels, num_steps=steps, seed=0)
+    except Exception as exc:  # rank 1: its own error; rank 0: the reduction's
+        error = type(exc).__name__
+    block.forward = hooked
+    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}.again", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    again = D.generate(model, labels, num_steps=steps, seed=0)
+    s = cachedit.summary(model.transformer, logging=False)[0]
+    return {"error": error, "fresh": fresh["cached"], "again": list(s.cached_steps),
+            "equal": bool(torch.equal(again, fresh["images"]))}
+
+
+def straddling_thresholds(rank: int, world: int, steps: int = 14) -> list:
+    """Thresholds right between the ranks' own probe diffs at the two steps where they differ most
+    (each rank computes the same list from the gathered diffs)."""
+    import torch.distributed as dist
+
+    local = local_probe_diffs(rank, world, steps)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, local)
+    candidates = []
+    for step, a in gathered[0].items():
+        b = gathered[1].get(step)
+        if b is not None and a > 0 and b > 0 and int(step) >= 2:
+            candidates.append((abs(a - b), round((a + b) / 2, 6)))
+    candidates.sort(reverse=True)
+    return [mid for gap, mid in candidates[:2] if gap > 0]
+
+
+def everything(rank: int, world: int, init_file: str) -> Dict[str, Any]:
+    """Every scenario in one spawn (starting a rank costs more than most scenarios); the failing
+    rank last: it ends the group."""
+    thresholds = straddling_thresholds(rank, world)
+    out: Dict[str, Any] = {"thresholds": thresholds}
+    for order in ("parallel_first", "cache_first"):
+        out[order] = context_parallel(rank, world, order, thresholds)
+    out["different_inputs"] = different_inputs(rank, world)
+    out["cfg_parallel"] = cfg_parallel(rank, world)
+    out["failing_rank"] = failing_rank(rank, world, init_file)
+    return out
+
+
+SCENARIOS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    "everything": everything,
+    "context_parallel": context_parallel,
+    "local_probe_diffs": local_probe_diffs,
+    "different_inputs": different_inputs,
+    "cfg_parallel": cfg_parallel,
+    "failing_rank": failing_rank,
+}

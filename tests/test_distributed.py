@@ -1,0 +1,93 @@
+"""Multi-process decisions: two gloo ranks on the CPU (spawned, short timeouts, a hard join
+deadline so a desynchronised pair fails instead of hanging CI). Each rank's code is in
+distributed_workers.py; the assertions are here."""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed_workers as workers
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def spawn(scenario: str, tmp_path, kwargs=None, world: int = 2, deadline: float = 240.0, timeout: int = 45):
+    """Run `scenario` on `world` ranks; returns [result of rank 0, rank 1, ...] or fails with every
+    rank's error. Ranks still alive at the deadline are killed (a hang is a failure, not a wait)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    init = os.path.join(str(tmp_path), f"{scenario}.init")
+    procs = [ctx.Process(target=workers.run_rank, args=(r, world, init, scenario,
+                                                        {"kwargs": kwargs or {}, "timeout": timeout}, results))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    got, end = {}, time.monotonic() + deadline
+    try:
+        while len(got) < world and time.monotonic() < end:
+            try:
+                rank, status, value = results.get(timeout=1.0)
+                got[rank] = (status, value)
+            except queue_module.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    errors = {r: v for r, (s, v) in got.items() if s != "ok"}
+    assert len(got) == world and not errors, f"{scenario}: ranks {sorted(got)} of {world} reported; errors: {errors}"
+    return [got[r][1] for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """One spawn of two ranks running every scenario (distributed_workers.everything)."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    return spawn("everything", tmp, {"init_file": os.path.join(str(tmp), "failing.init")}, deadline=420, timeout=20)
+
+
+@pytest.mark.parametrize("order", ["parallel_first", "cache_first"])
+def test_context_parallel_ranks_decide_as_one_process(ranks, order):
+    """Ulysses 2 on the bundled Flux, CacheDit enabled before or after the parallelism, thresholds
+    right between the two ranks' own probe diffs: every rank reuses the steps one process reuses."""
+    thresholds = ranks[0]["thresholds"]
+    assert thresholds and ranks[1]["thresholds"] == thresholds
+    results = [r[order] for r in ranks]
+    for key in [str(t) for t in thresholds] + ["default"]:
+        single = results[0]["single"][key]
+        assert results[1]["single"][key]["cached"] == single["cached"]
+        for r in results:
+            assert r["parallel"][key]["cached"] == single["cached"], (order, key)
+            diff = abs(r["parallel"][key]["images"] - single["images"]).max()
+            assert diff < 1e-4, (order, key, diff)  # same steps reused: the same images up to float sums
+    assert any(results[0]["single"][str(t)]["cached"] for t in thresholds)  # something is reused at all
+
+
+def test_ranks_with_different_inputs_reuse_the_same_steps(ranks):
+    a, b = (r["different_inputs"] for r in ranks)
+    for key in ("reduced", "fixed", "default"):
+        assert a[key] == b[key], key
+    assert a["fixed"] == [3, 5, 7, 9, 11, 13]
+    # the measurement is the world's: both ranks see the same probe diffs; unreduced, their own differ
+    assert a["reduced_diffs"] == b["reduced_diffs"] and a["reduced_diffs"]
+    assert a["alone_diffs"] != b["alone_diffs"]
+
+
+def test_cfg_parallel_branches_take_one_decision(ranks):
+    assert ranks[0]["cfg_parallel"]["cached"] == ranks[1]["cfg_parallel"]["cached"]
+    assert ranks[0]["cfg_parallel"]["cached"]
+
+
+def test_a_failing_rank_leaves_no_stale_state(ranks):
+    a, b = (r["failing_rank"] for r in ranks)
+    assert b["error"] == "RuntimeError" and a["error"]  # rank 0 learns it from the reduction
+    for r in (a, b):
+        assert r["again"] == r["fresh"] and r["equal"]
