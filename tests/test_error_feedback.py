@@ -49,6 +49,24 @@ def test_presets_and_what_turns_feedback_on(tiny_flux):
     assert budget(strategy="fixed") is None and budget(strategy="dynamic") is None
 
 
+def test_taylorseer_kwargs_alone_shape_the_default(tiny_flux):
+    """The default keeps error feedback and its TaylorSeer (order 1) unless a TaylorSeer keyword says
+    otherwise; these keywords alone do not turn the default into cache-dit's fixed threshold."""
+    def opts(**kw):
+        cachedit.enable_cache(tiny_flux, **kw)
+        o = cachedit.get_manager().entry(tiny_flux).engine.options
+        return o.taylorseer_order, o.error_budget
+
+    assert opts() == (1, 0.15)
+    assert opts(enable_taylorseer=False) == (0, 0.15)
+    assert opts(taylorseer_order=0) == (0, 0.15)
+    assert opts(taylorseer_order=2) == (2, 0.15)
+    assert opts(enable_taylorseer=True, taylorseer_order=2) == (2, 0.15)
+    assert opts(enable_taylorseer=False, quality="fast") == (0, 0.25)
+    sample(tiny_flux, steps=6)  # runs without a calibrator
+    assert "_T0O0" in cachedit.strify(tiny_flux)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(quality="best"), "quality='best' is invalid; allowed: 'quality' | 'balanced' | 'fast'"),
     (dict(quality=2), "quality=2 is invalid"),

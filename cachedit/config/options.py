@@ -234,8 +234,12 @@ def resolve_options(
         )
     elif cal_legacy.get("taylorseer_order") is not None:
         check_int("taylorseer_order", cal_legacy["taylorseer_order"], 0, 4)  # given without enable_taylorseer
-    if calibrator is None and not user_tuned and (strategy or global_config.default_strategy) == "adaptive":
-        calibrator = TaylorSeerCalibratorConfig(taylorseer_order=ADAPTIVE_DEFAULT_TAYLORSEER_ORDER)
+    if calibrator is None and not user_tuned and (strategy or global_config.default_strategy) == "adaptive" \
+            and cal_legacy.get("enable_taylorseer") is None and cal_legacy.get("taylorseer_order") != 0:
+        # The default's TaylorSeer, unless the user turned it off (enable_taylorseer=False or
+        # taylorseer_order=0); a taylorseer_order alone sets the default's order.
+        order = cal_legacy.get("taylorseer_order")
+        calibrator = TaylorSeerCalibratorConfig(taylorseer_order=ADAPTIVE_DEFAULT_TAYLORSEER_ORDER if order is None else order)
 
     options = CacheOptions(
         strategy=strategy if strategy is not None else global_config.default_strategy,
