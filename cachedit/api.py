@@ -21,6 +21,7 @@ from .config import (
     resolve_options,
 )
 from .config.params_modifier import flatten_modifiers
+from .config.presets import expert_of, family_of
 from .config.yaml import CALIBRATOR_KEYS, load_cache_config
 from .events import report
 from .events.stats import CacheStats
@@ -33,7 +34,7 @@ from .manager.patterns import PatternCodec
 logger = logging.getLogger("cachedit")
 
 # cache-dit arguments CacheDit accepts and ignores (it runs no parallelism/quantization of its own).
-_IGNORED_CACHE_DIT_KWARGS = ("parallelism_config", "attention_backend", "quantize_config", "cache_type",
+_IGNORED_CACHE_DIT_KWARGS = ("attention_backend", "quantize_config", "cache_type",
                              "extra_cache_config")
 _TRANSFORMER_ATTRS = ("transformer", "transformer_2", "transformer_3")
 
@@ -95,6 +96,8 @@ def enable_cache(
     error_budget: Optional[float] = None,
     distributed: Optional[str] = None,
     process_group: Any = None,
+    parallelism_config: Any = None,
+    cache_device: Optional[str] = None,
     name: Optional[str] = None,
     **legacy: Any,
 ) -> Any:
@@ -105,13 +108,20 @@ def enable_cache(
     `skip_interval` steps in a row). `quality`: "quality", "balanced" (default) or "fast", the
     error budget adaptive keeps by measuring the error it makes and moving its threshold
     (`error_budget=`: the same as a number, the relative error a reused step may make).
+    With the preset's defaults (no cache config, warmup or window given) the preset also applies its
+    per-family rules to each run (few-step runs, Wan 2.2's experts, UNets: config/presets.py).
+    `cache_device`: where cached residuals live, "auto" (default: the model's device, in ComfyUI
+    its offload device when VRAM is low), "model" or "cpu" (pinned host memory, copied ahead of use).
     `cache_config` / `calibrator_config` and cache-dit's legacy keyword arguments
     (`Fn_compute_blocks=`, `residual_diff_threshold=`, `enable_taylorseer=`...) work as in cache-dit,
     threshold fixed, unless `quality` / `error_budget` is given too. `blocks`: names of the block
     lists to cache when detection should be overridden. Under torch.distributed every rank takes
     the same decisions: `distributed="auto"` (default) reduces them over `process_group`, else the
     model's own (diffusers context parallelism, a tensor-parallel mesh), else the default group;
-    "off" never reduces. `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
+    "off" never reduces. `parallelism_config=ParallelismConfig(ulysses_size=..., ring_size=..., tp_size=...)`
+    (or a dict of its fields) first shards the transformer(s) across the ranks, as cache-dit does:
+    context parallelism through diffusers, tensor parallelism (FLUX, Wan layouts) through torch.
+    `BlockAdapter(...)`: cache exactly the block lists it names (each list its own
     cache context, as in cache-dit). `params_modifiers`: a ParamsModifier per block list (with an
     adapter) or per transformer. For a ComfyUI ModelPatcher a patched clone is returned; use the
     return value.
@@ -121,14 +131,14 @@ def enable_cache(
         raise ValueError(
             f"{unknown[0]}={legacy[unknown[0]]!r} is not a known enable_cache argument; allowed keyword arguments: "
             f"strategy, skip_interval, warmup_steps, noise_scale, debug, blocks, start_percent, end_percent, "
-            f"quality, error_budget, distributed, process_group, name, "
+            f"quality, error_budget, distributed, process_group, parallelism_config, cache_device, name, "
             f"{', '.join(LEGACY_CACHE_KWARGS + LEGACY_CALIBRATOR_KWARGS)}")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name={name!r} is invalid; allowed: a string (the model's name in stats and logs) or None")
     _check_target(obj, "enable_cache")
     ignored = [k for k in legacy if k in _IGNORED_CACHE_DIT_KWARGS and legacy[k] is not None]
     if ignored:
-        logger.warning("cachedit: ignoring cache-dit arguments %s (no parallelism/quantization here)", ignored)
+        logger.warning("cachedit: ignoring cache-dit arguments %s (CacheDit sets no attention backend and quantizes nothing)", ignored)
     if blocks is not None and isinstance(blocks, (str, nn.ModuleList)):
         blocks = [blocks]
     manager = get_manager()
@@ -136,20 +146,38 @@ def enable_cache(
         cache_config, calibrator_config, strategy=strategy, skip_interval=skip_interval, warmup_steps=warmup_steps,
         noise_scale=noise_scale, debug=debug, global_config=manager.global_config, legacy=legacy, blocks=blocks,
         start_percent=start_percent, end_percent=end_percent, error_budget=error_budget, quality=quality,
-        distributed=distributed)
+        distributed=distributed, cache_device=cache_device)
     if _is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415 (ComfyUI is only importable inside ComfyUI)
 
+        if parallelism_config is not None:
+            raise ValueError(f"parallelism_config={parallelism_config!r} is invalid for a ComfyUI model; allowed: None "
+                             f"(a multi-GPU pack parallelizes the model; CacheDit reduces its decisions over the "
+                             f"ranks, see README 'Multi-GPU')")
         return comfyui.enable(obj, options, name=name, process_group=process_group)
+    if parallelism_config is not None:
+        _parallelize(obj, parallelism_config)
     if isinstance(obj, BlockAdapter):
         return _enable_adapter(obj, options, params_modifiers, name, process_group)
     modifiers = flatten_modifiers(params_modifiers)
-    for i, module in enumerate(_targets(obj)):
+    targets = _targets(obj)
+    for i, module in enumerate(targets):
         module_options = modifiers[i].apply(options) if i < len(modifiers) else copy.deepcopy(options)
         entry = manager.accelerate_module(module, module_options, name=name if i == 0 else None,
                                           process_group=process_group)
+        entry.engine.family = family_of(module, entry.engine.step_level)  # what a preset's rules go by
+        entry.engine.expert = expert_of(i, len(targets), entry.engine.family)
         report.warn_setup(entry.engine)
     return obj
+
+
+def _parallelize(obj: Any, parallelism_config: Any) -> None:
+    """Shard every transformer enable_cache is about to cache (cachedit/parallel)."""
+    from .parallel import parallelize  # noqa: PLC0415 (torch.distributed.tensor only when asked for)
+
+    modules = obj.transformers() if isinstance(obj, BlockAdapter) else _targets(obj)
+    for module in modules:
+        parallelize(module, parallelism_config)
 
 
 def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifiers: Any, name: Optional[str],

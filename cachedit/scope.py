@@ -14,7 +14,7 @@ _AREAS = {
                               "layerwise_offload", "layerwise_cpu_offload", "remove_layerwise_offload"),
     "the profiler": ("ProfilerContext", "profile_function", "create_profiler_context", "get_profiler_output_dir",
                      "set_profiler_output_dir"),
-    "parallelism helpers": ("ParallelismBackend", "supported_matrix"),
+    "parallelism helpers": ("supported_matrix",),
     "model-specific forward patches and the per-model adapter registry (CacheDit finds block lists itself; "
     "see supported_pipelines and get_adapter)": ("PatchFunctor", "BlockAdapterRegister"),
     "calibrators other than TaylorSeer": ("FoCaCalibratorConfig", "DMDCalibratorConfig"),

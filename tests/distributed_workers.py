@@ -56,10 +56,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _bundled():
+def _bundled(arch: str = "flux"):
     from cachedit.bundled import digits as D
 
-    return D, D.load_model()
+    return D, D.load_model(arch)
 
 
 def _run(D, model, labels, steps: int = 14, seed: int = 0, cfg_mode: str = "batched", **cache) -> Dict[str, Any]:
@@ -201,6 +201,37 @@ def failing_rank(rank: int, world: int, init_file: str, steps: int = 12) -> Dict
             "equal": bool(torch.equal(again, fresh["images"]))}
 
 
+def parallelism_config(rank: int, world: int, steps: int = 12) -> Dict[str, Any]:
+    """`enable_cache(..., parallelism_config=)` in one call: Ulysses 2 (Flux) and tensor parallelism 2
+    (Flux, Wan), each next to the same cached run in a single process (before the model is
+    sharded); then what cannot run is refused by name (ring on the CPU, hybrid, wrong sizes, a
+    model without a plan)."""
+    import cachedit
+
+    out: Dict[str, Any] = {}
+    labels = [0, 1, 2, 3]
+    for key, arch, config in (("ulysses_flux", "flux", dict(ulysses_size=2)), ("tp_flux", "flux", dict(tp_size="auto")),
+                              ("tp_wan", "wan", dict(tp_size=2))):
+        D, model = _bundled(arch)
+        single = _run(D, model, labels, steps, distributed="off", **_fixed_threshold(0.2))
+        sharded = _run(D, model, labels, steps, parallelism_config=cachedit.ParallelismConfig(**config),
+                       **_fixed_threshold(0.2))
+        default = _run(D, model, labels, steps)  # the default (error feedback) on the sharded model
+        out[key] = {"single": single, "sharded": sharded, "default": default["cached"]}
+    errors = {}
+    for key, config in (("ring", dict(ring_size=2)), ("hybrid", dict(ulysses_size=2, tp_size=2)),
+                        ("product", dict(ulysses_size=4)), ("tp_plan", dict(tp_size=2))):
+        D, model = _bundled("qwen" if key == "tp_plan" else "flux")
+        try:
+            cachedit.enable_cache(model.transformer, parallelism_config=cachedit.ParallelismConfig(**config))
+            errors[key] = "accepted"
+        except Exception as exc:  # the message is what the test checks
+            errors[key] = f"{type(exc).__name__}: {exc}"
+        cachedit.disable_cache(model.transformer)
+    out["errors"] = errors
+    return out
+
+
 def straddling_thresholds(rank: int, world: int, steps: int = 14) -> list:
     """Thresholds right between the ranks' own probe diffs at the two steps where they differ most
     (each rank computes the same list from the gathered diffs)."""
@@ -227,6 +258,7 @@ def everything(rank: int, world: int, init_file: str) -> Dict[str, Any]:
         out[order] = context_parallel(rank, world, order, thresholds)
     out["different_inputs"] = different_inputs(rank, world)
     out["cfg_parallel"] = cfg_parallel(rank, world)
+    out["parallelism_config"] = parallelism_config(rank, world)
     out["failing_rank"] = failing_rank(rank, world, init_file)
     return out
 
@@ -238,4 +270,5 @@ SCENARIOS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "different_inputs": different_inputs,
     "cfg_parallel": cfg_parallel,
     "failing_rank": failing_rank,
+    "parallelism_config": parallelism_config,
 }

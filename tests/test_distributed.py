@@ -51,7 +51,7 @@ def spawn(scenario: str, tmp_path, kwargs=None, world: int = 2, deadline: float 
 def ranks(tmp_path_factory):
     """One spawn of two ranks running every scenario (distributed_workers.everything)."""
     tmp = tmp_path_factory.mktemp("distributed")
-    return spawn("everything", tmp, {"init_file": os.path.join(str(tmp), "failing.init")}, deadline=420, timeout=20)
+    return spawn("everything", tmp, {"init_file": os.path.join(str(tmp), "failing.init")}, deadline=540, timeout=20)
 
 
 @pytest.mark.parametrize("order", ["parallel_first", "cache_first"])
@@ -91,3 +91,27 @@ def test_a_failing_rank_leaves_no_stale_state(ranks):
     assert b["error"] == "RuntimeError" and a["error"]  # rank 0 learns it from the reduction
     for r in (a, b):
         assert r["again"] == r["fresh"] and r["equal"]
+
+
+@pytest.mark.parametrize("key", ["ulysses_flux", "tp_flux", "tp_wan"])
+def test_parallelism_config_shards_and_caches_in_one_call(ranks, key):
+    """enable_cache(..., parallelism_config=) with Ulysses 2 (Flux) or tensor parallelism 2 (Flux, Wan
+    layouts): every rank reuses the steps one process reuses, the images match it."""
+    for r in ranks:
+        run = r["parallelism_config"][key]
+        assert run["sharded"]["cached"] == run["single"]["cached"] and run["single"]["cached"], key
+        diff = abs(run["sharded"]["images"] - run["single"]["images"]).max()
+        assert diff < 1e-4, (key, diff)
+    assert ranks[0]["parallelism_config"][key]["default"] == ranks[1]["parallelism_config"][key]["default"]
+
+
+def test_parallelism_config_refuses_what_it_cannot_run(ranks):
+    errors = ranks[0]["parallelism_config"]["errors"]
+    assert errors["ring"].startswith("ValueError: parallelism_config.ring_size=2 needs an attention backend that "
+                                     "returns the log-sum-exp"), errors["ring"]
+    assert errors["hybrid"].startswith("ValueError: parallelism_config sets ulysses_size/ring_size (2x1) and tp_size=2")
+    assert errors["product"].startswith("ValueError: parallelism_config ulysses_size x ring_size x tp_size = 4 but the "
+                                        "world has 2 ranks")
+    assert errors["tp_plan"].startswith("ValueError: parallelism_config.tp_size=2 is not supported for "
+                                        "QwenImageTransformer2DModel")
+    assert ranks[1]["parallelism_config"]["errors"] == errors

@@ -82,9 +82,9 @@ def test_cache_dits_api_test_config(tmp_path):
     calibrator = configs["calibrator_config"]
     assert isinstance(calibrator, cachedit.TaylorSeerCalibratorConfig)
     assert (calibrator.taylorseer_order, calibrator.enable_encoder_calibrator) == (1, False)
-    assert configs["parallelism_config"] == {
-        "ulysses_size": 2, "attention_backend": "native", "extra_parallel_modules": ["text_encoder", "vae"],
-        "parallel_kwargs": {"attention_backend": "native", "extra_parallel_modules": ["text_encoder", "vae"]}}
+    # cache-dit's deprecated parallel_kwargs are flattened into the fields, as cache-dit does
+    assert configs["parallelism_config"] == cachedit.ParallelismConfig(
+        ulysses_size=2, attention_backend="native", extra_parallel_modules=["text_encoder", "vae"])
     assert configs["attention_backend"] is None and configs["quantize_config"] is None
     tupled = cachedit.load_configs(_write(tmp_path, API_TEST_CONFIG), return_dict=False)
     assert tupled[0].strify() == cache.strify() and tupled[2] == configs["parallelism_config"]
@@ -101,20 +101,23 @@ def test_same_configs_as_cache_dit_reads_them(tmp_path):
         assert ours["calibrator_config"].as_dict() == theirs["calibrator_config"].as_dict()
     theirs_parallel = cache_dit.load_configs(_write(tmp_path, API_TEST_CONFIG))["parallelism_config"]
     ours_parallel = cachedit.load_parallelism_config(_write(tmp_path, API_TEST_CONFIG))
-    for key, value in ours_parallel.items():
-        assert getattr(theirs_parallel, key) == value, key
+    assert isinstance(ours_parallel, cachedit.ParallelismConfig)
+    for field in ("ulysses_size", "ring_size", "tp_size", "attention_backend", "extra_parallel_modules"):
+        assert getattr(theirs_parallel, field) == getattr(ours_parallel, field), field
 
 
 def test_example_files_sections_and_layouts(tmp_path):
     combined = cachedit.load_configs(_write(tmp_path, COMBINED))
     assert combined["cache_config"].strify() == "DBCache_F1B0_W8I2M0MC0_R0.12"
-    assert combined["parallelism_config"] == {"ulysses_size": "auto", "attention_backend": "native",
-                                              "extra_parallel_modules": ["text_encoder", "vae"]}
+    parallel = combined["parallelism_config"]
+    assert isinstance(parallel, cachedit.ParallelismConfig)
+    assert (parallel.ulysses_size, parallel.attention_backend, parallel.extra_parallel_modules) == \
+        ("auto", "native", ["text_encoder", "vae"])
     assert combined["quantize_config"] == {"quant_type": "float8_per_row", "exclude_layers": ["embedder", "embed"],
                                            "verbose": False}
     parallel_only = _write(tmp_path, "parallelism_config:\n  ulysses_size: auto\n  tp: 2\n")
     assert cachedit.load_cache_config(parallel_only) == (None, None)
-    assert cachedit.load_parallelism_config(parallel_only) == {"ulysses_size": "auto", "tp_size": 2}
+    assert cachedit.load_parallelism_config(parallel_only) == cachedit.ParallelismConfig(ulysses_size="auto", tp_size=2)
     assert cachedit.load_parallelism_config(parallel_only, check_only=True) is True
     attention_only = cachedit.load_configs(_write(tmp_path, "attention_backend: flash\n"))
     assert attention_only == {"cache_config": None, "calibrator_config": None, "parallelism_config": None,
@@ -122,7 +125,7 @@ def test_example_files_sections_and_layouts(tmp_path):
     flat = cachedit.load_options(_write(tmp_path, FLAT_BENCH))
     assert list(flat) == ["cache_config", "calibrator_config"]
     assert flat["calibrator_config"].strify() == "T1O2" and flat["calibrator_config"].enable_encoder_calibrator
-    assert cachedit.load_options(_write(tmp_path, COMBINED))["parallelism_config"]["ulysses_size"] == "auto"
+    assert cachedit.load_options(_write(tmp_path, COMBINED))["parallelism_config"].ulysses_size == "auto"
     partial, _ = cachedit.load_cache_config({"residual_diff_threshold": 0.2}, reset=True)
     assert partial.residual_diff_threshold == 0.2 and partial.Fn_compute_blocks is None
 
@@ -130,10 +133,17 @@ def test_example_files_sections_and_layouts(tmp_path):
 def test_enable_cache_with_loaded_configs(tmp_path, caplog):
     model = TinyDiT("Pattern_3")
     configs = cachedit.load_configs(_write(tmp_path, COMBINED))
+    adapter = cachedit.BlockAdapter(transformer=model, blocks=model.blocks, forward_pattern=cachedit.ForwardPattern.Pattern_3)
+    # the file asks for parallel text encoders/VAE: refused by name, never a silent single-process run
+    with pytest.raises(ValueError, match=r"^parallelism_config.extra_parallel_modules=\['text_encoder', 'vae'\] is not supported"):
+        cachedit.enable_cache(adapter, **configs)
+    configs["parallelism_config"].extra_parallel_modules = []
+    with pytest.raises(ValueError, match="^parallelism_config needs torch.distributed: launch one process per device"):
+        cachedit.enable_cache(adapter, **configs)  # one process: no world to shard over
+    configs.pop("parallelism_config")
     with caplog.at_level("WARNING", logger="cachedit"):
-        cachedit.enable_cache(cachedit.BlockAdapter(transformer=model, blocks=model.blocks,
-                                                    forward_pattern=cachedit.ForwardPattern.Pattern_3), **configs)
-    assert "ignoring cache-dit arguments ['parallelism_config', 'quantize_config']" in caplog.text
+        cachedit.enable_cache(adapter, **configs)
+    assert "ignoring cache-dit arguments ['quantize_config']" in caplog.text
     sample(model, "Pattern_3", 12)
     assert cachedit.strify(model).startswith("DBCache_F1B0_W8I2M0MC0_R0.12_T1O1")
     cachedit.refresh_context(model, enable_taylorseer=True, taylorseer_order=2, residual_diff_threshold=0.3)

@@ -8,10 +8,9 @@ Two layouts, as in cache-dit:
   `num_inference_steps`), `parallelism_config:`, `attention_backend:`, `quantize_config:`;
 - flat: the `cache_config` keys (and `cache_type`) at the top level.
 
-CacheDit runs no parallelism, attention backend or quantization of its own: those sections are
-kept as plain data (`parallelism_config` as a dict with cache-dit's field names, its aliases
-`ulysses`/`ring`/`tp` resolved) so that `enable_cache(pipe, **load_configs(path))` works and
-ignores them with a warning. Any key CacheDit does not know is an error that names it.
+`parallelism_config` becomes a `cachedit.ParallelismConfig` (aliases `ulysses`/`ring`/`tp`
+resolved) that `enable_cache(pipe, **load_configs(path))` runs. CacheDit sets no attention backend
+and quantizes nothing: those sections are kept as plain data, ignored with a warning. Any key CacheDit does not know is an error that names it.
 """
 
 from __future__ import annotations
@@ -140,10 +139,9 @@ def load_cache_config(path_or_dict: Source, **kwargs: Any) -> Tuple[Optional[DBC
     return _cache_from_dict(data["cache_config"], reset, "cache_config")
 
 
-def load_parallelism_config(path_or_dict: Source, **kwargs: Any) -> Union[Optional[Dict[str, Any]], bool]:
-    """The `parallelism_config` section as a plain dict with cache-dit's field names (None when absent).
-
-    CacheDit runs no parallelism; the dict is data for code that passes it on. `check_only=True`
+def load_parallelism_config(path_or_dict: Source, **kwargs: Any) -> Union[Optional[Any], bool]:
+    """The `parallelism_config` section as a `cachedit.ParallelismConfig` (None when absent), as
+    cache-dit returns it; pass it on as `enable_cache(..., parallelism_config=)`. `check_only=True`
     returns whether the section exists."""
     check_only = _options("load_parallelism_config", kwargs, ("check_only",))["check_only"]
     data = _read(path_or_dict)
@@ -171,7 +169,10 @@ def load_parallelism_config(path_or_dict: Source, **kwargs: Any) -> Union[Option
         field = key.replace("experimental_", "") if key.startswith("experimental_ulysses_") else key
         if field in PARALLELISM_KEYS and field != "parallel_kwargs":
             out[field] = value
-    return out
+    out.pop("parallel_kwargs", None)
+    from ..parallel.config import ParallelismConfig  # noqa: PLC0415 (parallel imports config, not the reverse)
+
+    return ParallelismConfig.from_dict(out)
 
 
 def load_configs(path_or_dict: Source, return_dict: bool = True, **kwargs: Any) -> Union[dict, tuple]:
