@@ -22,7 +22,10 @@ import torch
 from ...manager.blocks import BlockIO
 from ...manager.engine import CacheEngine
 from ...manager.protocol import Streams, block_forward
+from ...config.presets import RunInfo
 from .handle import KEY, _Handle
+from .memory import prepare_sampling_wrapper, remember_run
+from .layout import block_entries
 
 # -- block hooks ------------------------------------------------------------------------------------
 
@@ -90,9 +93,20 @@ class _ForwardSignature:
         self.forward = forward
 
 
-def _object_forward(engine: CacheEngine, index: int, original: Callable, previous_patch: Any) -> Callable:
+class _CopyingIO(BlockIO):
+    """BlockIO whose reused outputs are fresh tensors: for models that write into the tensor passed
+    between blocks (Cosmos 1's `x += extra_per_block_pos_emb`), where every skipped block would
+    otherwise hand on the one reused tensor, written into once per block."""
+
+    def make_output(self, streams, args=(), kwargs=None):
+        return super().make_output({k: v.clone() if v is not None else None for k, v in streams.items()}, args, kwargs)
+
+
+def _object_forward(engine: CacheEngine, index: int, original: Callable, previous_patch: Any,
+                    copy_reused: bool = False) -> Callable:
     """A replacement `forward` for engine block `index` (installed as a ComfyUI object patch)."""
-    forward = block_forward(engine, index, BlockIO(_ForwardSignature(original)), original)
+    codec = (_CopyingIO if copy_reused else BlockIO)(_ForwardSignature(original))
+    forward = block_forward(engine, index, codec, original)
     forward._cachedit = True
     forward._cachedit_previous = previous_patch
     return forward
@@ -107,14 +121,28 @@ def _outer_sample_wrapper(handle: _Handle) -> Callable:
         sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
         engine.finish_run()
         handle.set_schedule(sigmas)
+        engine.expect_run(_run_info(handle, getattr(executor, "class_obj", None)))
         try:
             return executor(*args, **kwargs)
         finally:
+            remember_run(handle, args[0] if args else kwargs.get("noise"))
             engine.finish_run()
             handle.clear_schedule()
 
     outer_sample._cachedit = True
     return outer_sample
+
+
+def _run_info(handle: _Handle, guider: Any) -> RunInfo:
+    """What a run covers (presets.py): its steps and the share of the whole denoising done at its
+    first and last sigma (a Wan 2.2 expert's run covers one part of it)."""
+    schedule = handle.schedule
+    if not schedule:
+        return RunInfo()
+    patcher = getattr(guider, "model_patcher", None)
+    sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
+    start, end = handle.progress(sampling, schedule[0]), handle.progress(sampling, schedule[-1])
+    return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end)
 
 
 def _branch_key(transformer_options: dict) -> Optional[tuple]:
@@ -186,14 +214,15 @@ def install(m: Any, handle: _Handle) -> None:
     m.set_attachments(KEY, handle)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _outer_sample_wrapper(handle))
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(handle))
+    m.add_wrapper_with_key(WrappersMP.PREPARE_SAMPLING, KEY, prepare_sampling_wrapper(handle))
     if layout.mode == "step":
         return
     dm = m.model.diffusion_model
     hooked = set(engine.hooked_blocks())
     offset = 0
     for attr, kind in layout.lists:
-        blocks = getattr(dm, attr)
-        for j in range(len(blocks)):
+        entries = block_entries(getattr(dm, attr))
+        for j, (key, block) in enumerate(entries):
             index = offset + j
             if index not in hooked:
                 continue
@@ -202,12 +231,11 @@ def install(m: Any, handle: _Handle) -> None:
                 previous = to.get("patches_replace", {}).get("dit", {}).get((kind, j))
                 m.set_model_patch_replace(_replace_patch(engine, index, previous), "dit", kind, j)
             else:
-                name = f"diffusion_model.{attr}.{j}.forward"
+                name = f"diffusion_model.{attr}.{key}.forward"
                 previous_patch = m.object_patches.get(name)
-                block = blocks[j]
                 original = previous_patch if previous_patch is not None else type(block).forward.__get__(block)
-                m.add_object_patch(name, _object_forward(engine, index, original, previous_patch))
-        offset += len(blocks)
+                m.add_object_patch(name, _object_forward(engine, index, original, previous_patch, layout.copy_reused))
+        offset += len(entries)
 
 
 def strip(m: Any) -> None:
@@ -215,7 +243,7 @@ def strip(m: Any) -> None:
     (other nodes' patches that ours chained are put back)."""
     from comfy.patcher_extension import WrappersMP  # noqa: PLC0415
 
-    for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.APPLY_MODEL):
+    for wrapper_type in (WrappersMP.OUTER_SAMPLE, WrappersMP.APPLY_MODEL, WrappersMP.PREPARE_SAMPLING):
         m.remove_wrappers_with_key(wrapper_type, KEY)
     to = m.model_options.get("transformer_options", {})
     dit = to.get("patches_replace", {}).get("dit")
