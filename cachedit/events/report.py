@@ -39,3 +39,20 @@ def warn_setup(engine: Any, detail: str = "", hint: str = " Pass blocks=['<list 
     elif engine.num_middle == 0:
         logger.warning("cachedit: %s has %d blocks and Fn=%d/Bn=%d compute all of them: nothing can be reused. "
                        "Lower Fn_compute_blocks.", engine.name, engine.num_blocks, engine.fn, engine.bn)
+
+
+def warn_warmup_covers_run(engine: Any, steps: int, reused: int = 0) -> bool:
+    """Say once per model when warmup left no step of a run that could reuse (a 4-8 step distilled
+    model with the default warmup 3: the one step after warmup is the last, never reused).
+    `steps`: the run's steps, `reused`: its reused decisions. Returns whether it warned."""
+    strategy = engine.strategy
+    if steps <= 0 or reused or (engine.num_middle == 0 and not engine.step_level):
+        return False
+    outside = sum(1 for s in range(steps) if not strategy.in_warmup(s))
+    if outside > 1 or not len(strategy.warmup):
+        return False
+    warmup = len(strategy.warmup)
+    logger.warning("cachedit: %s: warmup (%d steps) covered the run (%d steps; a last step is never reused), so "
+                   "nothing could be reused. Lower warmup_steps (max_warmup_steps), e.g. to 1 for a 4-8 step "
+                   "distilled model.", engine.name, warmup, steps)
+    return True

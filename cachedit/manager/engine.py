@@ -22,6 +22,7 @@ from typing import Callable, Hashable, List, Optional, Sequence
 import torch
 
 from ..config import CacheOptions
+from ..events import report
 from .block_reuse import BlockReuse, Streams
 from .buffers import ProbeBuffers, tensor_version
 from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
@@ -48,6 +49,7 @@ class CacheEngine:
         self.group = group  # torch.distributed: where decisions are reduced (distributed.py)
         self.lock = threading.RLock()
         self.enabled = True
+        self._warned_warmup = False  # the one-time "warmup covers the whole run" warning was given
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
         self._configure(options, list_lengths, clone_inputs)
 
@@ -68,6 +70,8 @@ class CacheEngine:
         """A run ends: read the errors still waiting on its branches; the run_finished payload."""
         for branch in run.branches.values():
             self.decider.flush(branch)
+        if run.executed_calls and not self._warned_warmup:
+            self._warned_warmup = report.warn_warmup_covers_run(self, run.step + 1, run.record.reused)
         return {"options": self.options, "middle_share": self.layout.middle_share}
 
     def reconfigure(self, options: CacheOptions) -> None:
