@@ -25,7 +25,8 @@ class CacheDitDetailedStats(io.ComfyNode):
             display_name="CacheDit Detailed Stats",
             search_aliases=("cache stats", "cache statistics", "hit rate", "详细统计", "统计"),
             description="Shows what CacheDit did on the model's last sampling run: steps computed vs reused per "
-                        "branch, measured residual diffs against the threshold, estimated speedup. Pass the "
+                        "branch, measured residual diffs against the threshold, the measured reuse error against "
+                        "the error budget, estimated speedup. Pass the "
                         "sampler's LATENT (or the decoded IMAGE) through it so it runs after sampling.",
             is_output_node=True,
             inputs=[
@@ -42,8 +43,9 @@ class CacheDitDetailedStats(io.ComfyNode):
                 io.String.Output("summary", display_name="summary",
                                  tooltip="The summary shown on the node, as text (English)."),
                 io.Image.Output("chart", display_name="chart",
-                                tooltip="Chart of the last run: per step computed vs reused (per branch) and the "
-                                        "measured change against the threshold."),
+                                tooltip="Chart of the last run: per step computed vs reused (per branch), the "
+                                        "measured change against the threshold and, with error feedback, the "
+                                        "measured reuse error against the budget."),
             ],
         )
 
@@ -52,7 +54,8 @@ class CacheDitDetailedStats(io.ComfyNode):
         summary = summarize(model)
         steps = summary.record.steps if summary.record is not None else []
         chart = to_image_tensor(render_chart(steps, title=summary.title,
-                                             total_steps=getattr(summary.record, "total_steps", None)))
+                                             total_steps=getattr(summary.record, "total_steps", None),
+                                             budget=summary.budget))
         ui_out: dict = {"text": (summary.en,), "text_zh": (summary.zh,)}
         try:
             ui_out.update(ui.PreviewImage(chart, cls=cls).as_dict())

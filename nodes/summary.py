@@ -13,7 +13,7 @@ from typing import Any, Iterable, List, Optional
 
 import cachedit
 from cachedit.adapters import comfyui as adapter
-from cachedit.events.report import estimated_speedup, percentile
+from cachedit.events.report import error_percentiles, estimated_speedup, percentile
 
 STRATEGY_ZH = {"adaptive": "自适应", "fixed": "固定间隔", "dynamic": "动态"}
 
@@ -21,12 +21,13 @@ STRATEGY_ZH = {"adaptive": "自适应", "fixed": "固定间隔", "dynamic": "动
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """One model's summary: the text in both languages, the last run's record (None before any
-    run) and a short title for the chart."""
+    run), a short title for the chart and the error budget (None: no error feedback)."""
 
     en: str
     zh: str
     record: Any
     title: str
+    budget: Optional[float] = None
 
 
 def step_ranges(steps: Iterable[int]) -> str:
@@ -49,9 +50,13 @@ def _settings(engine: Any) -> tuple:
     cfg = options.cache_config
     en: List[str] = [options.strategy]
     zh: List[str] = [STRATEGY_ZH.get(options.strategy, options.strategy)]
-    if options.strategy == "adaptive" and getattr(options, "error_budget", None) is None:
+    budget = getattr(options, "error_budget", None)
+    if options.strategy == "adaptive" and budget is None:
         en.append(f"reuse while the change is below {cfg.residual_diff_threshold:g}")
         zh.append(f"变化低于 {cfg.residual_diff_threshold:g} 时复用")
+    elif options.strategy == "adaptive":
+        en.append(f"error budget {budget:g} (the threshold follows the measured error)")
+        zh.append(f"误差预算 {budget:g}（阈值随实测误差调整）")
     elif options.strategy != "adaptive":
         en.append(f"interval {options.skip_interval}")
         zh.append(f"间隔 {options.skip_interval}")
@@ -117,10 +122,23 @@ def summarize(model: Any) -> Summary:
         diffs = [s.diff for s in steps if s.diff is not None and s.diff >= 0]
         if diffs:
             thresholds = [s.threshold for s in steps if s.threshold is not None]
-            limit_en = f" (reuse below {thresholds[-1]:.3g})" if thresholds and engine.strategy.needs_probe else ""
-            limit_zh = f"（低于 {thresholds[-1]:.3g} 时复用）" if limit_en else ""
+            limit_en = limit_zh = ""
+            if thresholds and engine.strategy.needs_probe and len(set(thresholds)) > 1:
+                limit_en = f" (reuse below a threshold of {min(thresholds):.3g}-{max(thresholds):.3g})"
+                limit_zh = f"（低于阈值 {min(thresholds):.3g}-{max(thresholds):.3g} 时复用）"
+            elif thresholds and engine.strategy.needs_probe:
+                limit_en = f" (reuse below {thresholds[-1]:.3g})"
+                limit_zh = f"（低于 {thresholds[-1]:.3g} 时复用）"
             en.append(f"Change between steps: typical {percentile(diffs, 0.5):.3g}, largest {max(diffs):.3g}{limit_en}.")
             zh.append(f"步间变化：中位 {percentile(diffs, 0.5):.3g}，最大 {max(diffs):.3g}{limit_zh}。")
+        errors = error_percentiles([s.error for s in steps if s.error is not None], engine.options.error_budget)
+        if errors and "error_budget" in errors:
+            en.append(f"Measured reuse error (checked at {errors['errors_measured']} computed steps): median "
+                      f"{errors['error_p50']:.3g}, largest {errors['error_max']:.3g}, budget {errors['error_budget']:g}; "
+                      f"{errors['errors_over_budget']} over budget (the threshold came down after those).")
+            zh.append(f"实测复用误差（在 {errors['errors_measured']} 个计算步上检查）：中位 {errors['error_p50']:.3g}，"
+                      f"最大 {errors['error_max']:.3g}，预算 {errors['error_budget']:g}；"
+                      f"{errors['errors_over_budget']} 步超出预算（之后阈值随之降低）。")
         title = f"{entry.name}: {len(reused_steps)}/{len(decided)} steps reused"
     settings_en, settings_zh = _settings(engine)
     en.append(settings_en + ".")
@@ -130,4 +148,5 @@ def summarize(model: Any) -> Summary:
         en.append(f"Since loading: {stats.runs} run{'s' if stats.runs != 1 else ''}, "
                   f"{100 * stats.estimated_compute_saved:.0f}% of the block work skipped.")
         zh.append(f"加载以来：{stats.runs} 次运行，省去 {100 * stats.estimated_compute_saved:.0f}% 的块计算。")
-    return Summary(en="\n".join(en), zh="\n".join(zh), record=record, title=title)
+    return Summary(en="\n".join(en), zh="\n".join(zh), record=record, title=title,
+                   budget=getattr(engine.options, "error_budget", None))

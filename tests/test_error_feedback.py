@@ -165,3 +165,31 @@ def test_feedback_reuses_where_a_fixed_threshold_reuses_nothing():
     reused = cachedit.summary(model.transformer, logging=False)[0].cached_steps
     assert len(reused) >= 8 and D.psnr(out, ref) > 45.0
     cachedit.disable_cache(model.transformer)
+
+
+def test_measured_error_in_logs_and_report(tiny_flux, caplog):
+    """Why a step was reused, in words: the debug line per measured error (with the probe change and
+    the threshold it leads to), the run line and summary()'s log with median / max against the budget."""
+    from cachedit.events.report import error_percentiles
+
+    assert error_percentiles([], 0.15) == {} and error_percentiles([0.1, 0.3, 0.2], None) == {
+        "error_p50": 0.2, "error_max": 0.3, "errors_measured": 3}
+    assert error_percentiles([0.1, 0.3, 0.2, None], 0.15) == {"error_p50": 0.2, "error_max": 0.3, "errors_measured": 3,
+                                                             "error_budget": 0.15, "errors_over_budget": 2}
+    cachedit.enable_cache(tiny_flux, debug=True)
+    with caplog.at_level("DEBUG", logger="cachedit"):
+        sample(tiny_flux, steps=10)
+        sample(tiny_flux, steps=10)  # its start finishes the first run (its run line, its last error)
+        cachedit.summary(tiny_flux)
+    s = cachedit.summary(tiny_flux, logging=False)[0]
+    lines = [r.getMessage() for r in caplog.records]
+    errors = [m for m in lines if "cachedit.error" in m]
+    assert len(errors) > len(s.reuse_errors) > 0
+    assert all("budget=0.15" in m and "diff=" in m and "next_threshold=" in m for m in errors), errors[0]
+    run = next(m for m in lines if "event='cachedit.run' " in m)
+    assert "error_p50=" in run and "error_max=" in run and "error_budget=0.15" in run, run
+    feedback = next(m for m in lines if "CacheDit error feedback" in m)
+    assert "budget=0.15" in feedback and "median=" in feedback and f"of {len(s.reuse_errors)} computed steps" in feedback
+    first = errors[0]  # the threshold a reuse over the measured gap has after it: budget / (error / diff)
+    error, diff = (float(first.split(f"{k}=")[1].split()[0]) for k in ("error", "diff"))
+    assert float(first.split("next_threshold=")[1].split()[0]) == pytest.approx(0.15 * diff / error, rel=1e-3)

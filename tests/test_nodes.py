@@ -246,3 +246,40 @@ def test_example_workflow_is_ready_to_use(workflow):
         for b, bx, by, bw, bh in rects[i + 1:]:
             assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (workflow, a, b)
     assert 0.6 <= wf["extra"]["ds"]["scale"] <= 1.0
+
+
+def _chart_module():
+    """nodes/chart.py (PIL only: no ComfyUI needed)."""
+    spec = importlib.util.spec_from_file_location("cachedit_pack_chart_unit", os.path.join(REPO, "nodes", "chart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chart_shows_measured_error_against_the_budget():
+    """With error feedback the chart gets a panel of the reuse error measured at computed steps
+    against the budget (dashed red), below the change against the per-step threshold; the size
+    the node is laid out for stays the same."""
+    from types import SimpleNamespace as S
+
+    chart = _chart_module()
+    steps = []
+    for i in range(12):
+        reused = i in (4, 5, 7, 8, 10)
+        for b in (0, 1):
+            steps.append(S(step=i, branch=b, reused=reused, diff=None if i == 0 else 0.1 + 0.01 * i,
+                           threshold=0.24 if i < 3 else 0.3 + 0.02 * i,
+                           error=None if reused or i == 0 else (0.2 if i == 6 else 0.05 + 0.01 * b)))
+
+    def red_rows(img):
+        px = img.load()
+        return {y for y in range(img.height) for x in range(chart.WIDTH // 2, chart.WIDTH - 20)
+                if px[x, y] == chart.THRESHOLD}
+
+    with_budget = chart.render_chart(steps, "flux: 5/12 steps reused", 12, budget=0.15)
+    without = chart.render_chart(steps, "flux: 5/12 steps reused", 12)
+    assert with_budget.size == without.size == (chart.WIDTH, chart.HEIGHT)
+    assert len(red_rows(with_budget)) > len(red_rows(without))  # a second dashed line: the budget
+    assert max(red_rows(with_budget)) > max(red_rows(without)) + 40  # drawn in a panel below the change panel
+    fixed = [S(step=s.step, branch=s.branch, reused=s.reused, diff=None, threshold=None) for s in steps]
+    assert chart.render_chart(fixed, "", 12, budget=None).size == (chart.WIDTH, chart.HEIGHT)  # no error attribute

@@ -15,7 +15,9 @@ Signals and their payloads:
                       blocks (computed), total_blocks
 - `cache_hit`:        the same as `step_computed`, for a reused step
 - `error_measured`:   name, step, branch, error (relative error a reuse would have made at that computed
-                      step), diff (the probe change there), gap (steps since the computed step before), budget
+                      step), diff (the probe change there), gap (steps since the computed step before), budget,
+                      threshold (the probe threshold a reuse over `gap` steps at this point of sampling has now,
+                      this error included)
 """
 
 from __future__ import annotations

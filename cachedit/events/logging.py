@@ -77,8 +77,11 @@ class LogSubscriber:
 
     def _on_error(self, key: int, **p: Any) -> None:
         if key in self._debug:
+            diff, threshold = p.get("diff"), p.get("threshold")
             log.debug("cachedit.error", model=p.get("name"), step=p.get("step"), branch=p.get("branch"),
-                      error=round(p.get("error"), 5), budget=p.get("budget"), gap=p.get("gap"))
+                      error=round(p.get("error"), 5), budget=p.get("budget"), gap=p.get("gap"),
+                      diff=None if diff is None else round(diff, 5),
+                      next_threshold=None if threshold is None else round(threshold, 5))
 
     def _on_run_started(self, key: int, **p: Any) -> None:
         if key in self._debug:
@@ -103,7 +106,9 @@ class LogSubscriber:
         speedup = round(report.estimated_speedup(reused, total, p.get("middle_share", 1.0)), 2) if total else None
         log.info("cachedit.run", model=p.get("name"), run=p.get("run"),
                  reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
-                 est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs))
+                 est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs),
+                 **report.error_percentiles([s.error for s in steps if s.error is not None],
+                                            getattr(options, "error_budget", None)))
 
 
 def _ensure_visible() -> None:

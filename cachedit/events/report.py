@@ -4,7 +4,7 @@ measured diffs, the speedup a run's reuse implies, and the warnings about a mode
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 logger = logging.getLogger("cachedit")
 
@@ -21,6 +21,24 @@ def diff_percentiles(values: Sequence[float], digits: int = 4) -> Dict[str, floa
         return {}
     return {f"diff_{name}": round(percentile(values, p), digits)
             for name, p in (("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("max", 1.0))}
+
+
+def error_percentiles(errors: Sequence[float], budget: Optional[float], digits: int = 4) -> Dict[str, Any]:
+    """Error feedback over one run: the budget, the median and largest measured reuse error and how
+    many of the measured computed steps were over the budget ({} when nothing was measured).
+
+    `errors` are the relative errors a reuse would have made at computed steps (StepRecord.error):
+    a median well under the budget means the reuses around it cost little; errors over the budget
+    mean the probe underestimated the change there, and the threshold came down after them."""
+    values = [e for e in errors if e is not None and e >= 0]
+    if not values:
+        return {}
+    out: Dict[str, Any] = {"error_p50": round(percentile(values, 0.5), digits), "error_max": round(max(values), digits),
+                           "errors_measured": len(values)}
+    if budget is not None:
+        out["error_budget"] = budget
+        out["errors_over_budget"] = sum(1 for e in values if e > budget)
+    return out
 
 
 def estimated_speedup(reused: int, decisions: int, middle_share: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Sequence
 
+from .report import error_percentiles
 from .stats import CacheStats
 
 logger = logging.getLogger("cachedit")
@@ -62,6 +63,12 @@ def log_summary(s: CacheStats, details: bool = False) -> None:
     logger.info("CacheDit: %s strategy=%s hit_rate=%.1f%% blocks computed/skipped=%d/%d estimated compute saved=%.1f%%",
                 name, s.strategy, 100 * s.hit_rate, s.blocks_computed, s.blocks_skipped,
                 100 * s.estimated_compute_saved)
+    if s.error_budget is not None:
+        errors = error_percentiles(list(s.reuse_errors.values()) + list(s.cfg_reuse_errors.values()), s.error_budget)
+        if errors:
+            logger.info("CacheDit error feedback: %s budget=%g measured reuse error (last run) median=%.4g max=%.4g, "
+                        "%d of %d computed steps over budget", name, s.error_budget, errors["error_p50"],
+                        errors["error_max"], errors["errors_over_budget"], errors["errors_measured"])
 
 
 __all__ = ["linear_percentile", "log_summary", "table_lines"]

@@ -267,6 +267,22 @@ def test_nodes_run_like_comfyui_runs_them(pack, comfy_harness, tmp_path, monkeyp
     assert "not enabled" in plain.args[2] and plain.args[1] is not None and plain.args[0] is None
 
 
+def test_stats_say_why_steps_were_reused(pack, comfy_harness):
+    """The default (error feedback, balanced): the summary names the budget and the measured reuse
+    error (median, largest, how many over budget), in both languages; the chart keeps its size."""
+    nodes_ = pack.NODE_CLASS_MAPPINGS
+    accelerated = _run(nodes_["CacheDitAccelerate"], model=comfy_harness.build_model("flux"))[0]
+    latent = {"samples": _sample(comfy_harness, accelerated, steps=12)}
+    stats = _run(nodes_["CacheDitDetailedStats"], model=accelerated, latent=latent)
+    summary, chart = stats.args[2], stats.args[3]
+    assert "error budget 0.15 (the threshold follows the measured error)" in summary, summary
+    assert "Measured reuse error (checked at " in summary and ", budget 0.15; " in summary, summary
+    assert "median " in summary and "largest " in summary and " over budget" in summary, summary
+    zh = stats.ui["text_zh"][0]
+    assert "误差预算 0.15" in zh and "实测复用误差" in zh, zh
+    assert chart.shape == (1, 360, 640, 3)
+
+
 def test_stats_before_any_run(pack, comfy_harness):
     accelerated = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=comfy_harness.build_model("sdxl"))[0]
     text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=accelerated).args[2]
