@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import queue as queue_module
 import sys
+import time
 import traceback
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import torch
+import torch.multiprocessing as mp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +44,35 @@ def run_rank(rank: int, world: int, init_file: str, scenario: str, args: Dict[st
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def spawn(scenario: str, tmp_path, kwargs=None, world: int = 2, deadline: float = 240.0, timeout: int = 45):
+    """Run `scenario` on `world` ranks; returns [result of rank 0, rank 1, ...] or fails with every
+    rank's error. Ranks still alive at the deadline are killed (a hang is a failure, not a wait)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    init = os.path.join(str(tmp_path), f"{scenario}.init")
+    procs = [ctx.Process(target=run_rank, args=(r, world, init, scenario, {"kwargs": kwargs or {}, "timeout": timeout},
+                                                results)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got, end = {}, time.monotonic() + deadline
+    try:
+        while len(got) < world and time.monotonic() < end:
+            try:
+                rank, status, value = results.get(timeout=1.0)
+                got[rank] = (status, value)
+            except queue_module.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    errors = {r: v for r, (s, v) in got.items() if s != "ok"}
+    assert len(got) == world and not errors, f"{scenario}: ranks {sorted(got)} of {world} reported; errors: {errors}"
+    return [got[r][1] for r in range(world)]
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -232,6 +264,32 @@ def parallelism_config(rank: int, world: int, steps: int = 12) -> Dict[str, Any]
     return out
 
 
+def comfyui_different_inputs(rank: int, world: int, steps: int = 12) -> Dict[str, Any]:
+    """ComfyUI's own Flux class (the bundled weights) sampled by ComfyUI's sampler on each rank, one
+    rank per GPU as the multi-GPU packs run it, each rank its own digits and seed: the adapter
+    reduces its decisions over the world (`auto`), so both ranks reuse the same steps; with
+    `distributed="off"` each follows its own probe."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("comfyui_harness", os.path.join(HERE, "comfyui", "harness.py"))
+    harness = sys.modules["comfyui_harness"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    harness.ensure_comfy()
+    import cachedit
+    from cachedit.bundled import comfyui as BC
+
+    patcher, bundled = BC.load_patcher("flux")
+    labels = torch.tensor([rank, rank + 2, rank + 4])
+    out: Dict[str, Any] = {}
+    for key, kwargs in (("reduced", _fixed_threshold(0.2)), ("alone", dict(distributed="off", **_fixed_threshold(0.2))),
+                        ("default", {})):
+        model = cachedit.enable_cache(patcher, **kwargs)
+        BC.generate(model, bundled, labels, steps=steps, seed=rank)
+        s = cachedit.summary(model, logging=False)[0]
+        out[key], out[f"{key}_diffs"] = list(s.cached_steps), dict(s.residual_diffs)
+    return out
+
+
 def straddling_thresholds(rank: int, world: int, steps: int = 14) -> list:
     """Thresholds right between the ranks' own probe diffs at the two steps where they differ most
     (each rank computes the same list from the gathered diffs)."""
@@ -271,4 +329,5 @@ SCENARIOS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "cfg_parallel": cfg_parallel,
     "failing_rank": failing_rank,
     "parallelism_config": parallelism_config,
+    "comfyui_different_inputs": comfyui_different_inputs,
 }

@@ -5,46 +5,13 @@ distributed_workers.py; the assertions are here."""
 from __future__ import annotations
 
 import os
-import queue as queue_module
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-import distributed_workers as workers
+from distributed_workers import spawn
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
-
-
-def spawn(scenario: str, tmp_path, kwargs=None, world: int = 2, deadline: float = 240.0, timeout: int = 45):
-    """Run `scenario` on `world` ranks; returns [result of rank 0, rank 1, ...] or fails with every
-    rank's error. Ranks still alive at the deadline are killed (a hang is a failure, not a wait)."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init = os.path.join(str(tmp_path), f"{scenario}.init")
-    procs = [ctx.Process(target=workers.run_rank, args=(r, world, init, scenario,
-                                                        {"kwargs": kwargs or {}, "timeout": timeout}, results))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    got, end = {}, time.monotonic() + deadline
-    try:
-        while len(got) < world and time.monotonic() < end:
-            try:
-                rank, status, value = results.get(timeout=1.0)
-                got[rank] = (status, value)
-            except queue_module.Empty:
-                if not any(p.is_alive() for p in procs) and results.empty():
-                    break
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-    errors = {r: v for r, (s, v) in got.items() if s != "ok"}
-    assert len(got) == world and not errors, f"{scenario}: ranks {sorted(got)} of {world} reported; errors: {errors}"
-    return [got[r][1] for r in range(world)]
 
 
 @pytest.fixture(scope="module")
