@@ -273,9 +273,9 @@ def strify(obj: Any) -> str:
             raise ValueError(f"obj={obj!r} is invalid for strify(); allowed: a list of CacheStats (what summary returns)")
         obj = obj[0] if obj else CacheStats()
     if isinstance(obj, CacheStats):
-        opts, cached = obj.cache_options, obj.accumulated_cached_steps
+        opts, cached, pruned = obj.cache_options, obj.accumulated_cached_steps, obj.pruned_ratio
     elif isinstance(obj, dict):
-        opts, cached = obj, None
+        opts, cached, pruned = obj, None, None
         allowed = LEGACY_CACHE_KWARGS + ("cache_config", "calibrator_config", "strategy", "cache_type") + \
             _IGNORED_CACHE_DIT_KWARGS
         unknown = [k for k in obj if k not in allowed]
@@ -293,13 +293,14 @@ def strify(obj: Any) -> str:
         if not entries:
             return ""
         stats = summary(obj, logging=False)[0]
-        opts, cached = stats.cache_options, stats.accumulated_cached_steps
+        opts, cached, pruned = stats.cache_options, stats.accumulated_cached_steps, stats.pruned_ratio
     config = opts.get("cache_config") if opts else None
     if config is None:
         return ""
     calibrator = opts.get("calibrator_config")
     cal = calibrator.strify() if calibrator is not None and getattr(calibrator, "enable_calibrator", False) else "T0O0"
-    text = f"{config.strify()}_{cal}"
+    prune = f"_P{round(pruned * 100, 2)}" if pruned is not None and str(config.cache_type) == "DBPrune" else ""
+    text = f"{config.strify()}{prune}_{cal}"
     if cached:
         text += f"_S{cached}"
     return text

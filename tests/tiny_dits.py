@@ -163,6 +163,19 @@ def sample(model, pattern: Optional[str], steps: int = 28, timesteps: bool = Tru
     return x
 
 
+def sample_cfg(model, pattern: str, steps: int = 28, scale: float = 3.0) -> torch.Tensor:
+    """Euler loop with separate cond / uncond calls per step (true CFG, the uncond text all zeros)."""
+    x, e = inputs(pattern)
+    ts = torch.linspace(1000, 0, steps + 1)
+    with torch.no_grad():
+        for i in range(steps):
+            t = ts[i].expand(x.shape[0])
+            cond = model(x, encoder_hidden_states=e, timestep=t)
+            uncond = model(x, encoder_hidden_states=torch.zeros_like(e), timestep=t)
+            x = x + (ts[i + 1] - ts[i]) / 1000 * (uncond + scale * (cond - uncond))
+    return x
+
+
 class LoopPipeline:
     """A pipeline that is not a torch module: each call is one generation of `num_inference_steps`,
     calling its transformer(s) without a timestep (a second transformer takes the second half)."""

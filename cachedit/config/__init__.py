@@ -2,7 +2,8 @@
 (`options.py`). Every value is validated once, with an error that names the parameter, the value
 and what is allowed (`validate.py`)."""
 
-from .cache_dit import BasicCacheConfig, CacheType, CalibratorConfig, DBCacheConfig, TaylorSeerCalibratorConfig, cache_type
+from .cache_dit import (BasicCacheConfig, CacheType, CalibratorConfig, DBCacheConfig, DBPruneConfig,
+                        TaylorSeerCalibratorConfig, cache_type)
 from .options import (
     ADAPTIVE_DEFAULT_TAYLORSEER_ORDER,
     ADAPTIVE_DEFAULTS,
@@ -18,6 +19,6 @@ from .options import (
 
 __all__ = [
     "ADAPTIVE_DEFAULTS", "ADAPTIVE_DEFAULT_TAYLORSEER_ORDER", "BasicCacheConfig", "DEFAULT_QUALITY", "QUALITY_PRESETS", "CacheOptions", "CacheType",
-    "CalibratorConfig", "DBCacheConfig", "GlobalConfig", "LEGACY_CACHE_KWARGS", "LEGACY_CALIBRATOR_KWARGS",
+    "CalibratorConfig", "DBCacheConfig", "DBPruneConfig", "GlobalConfig", "LEGACY_CACHE_KWARGS", "LEGACY_CALIBRATOR_KWARGS",
     "TaylorSeerCalibratorConfig", "cache_type", "resolve_options", "strategy_names",
 ]

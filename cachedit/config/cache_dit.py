@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 from typing import Any, Optional
@@ -11,10 +12,12 @@ from .validate import check_bool, check_dict, check_float, check_int, check_str,
 
 
 class CacheType(enum.Enum):
-    """Cache algorithm selector, as in cache-dit (`DBCache` is the only one CacheDit runs)."""
+    """Cache algorithm selector, as in cache-dit: `DBCache` (dual block cache) or `DBPrune`
+    (dynamic block prune, run with a `DBPruneConfig`)."""
 
     NONE = "NONE"
     DBCache = "DBCache"
+    DBPrune = "DBPrune"
 
     def __str__(self) -> str:
         return self.value
@@ -34,9 +37,11 @@ def cache_type(type_hint: "CacheType | str | None") -> CacheType:
     name = str(type_hint).upper()
     if name in ("DUAL_BLOCK_CACHE", "DB_CACHE", "DBCACHE", "DB"):
         return CacheType.DBCache
-    if name in ("NONE", "NO_CACHE"):
+    if name in ("DYNAMIC_BLOCK_PRUNE", "DB_PRUNE", "DBPRUNE", "DBP"):
+        return CacheType.DBPrune
+    if name in ("NONE", "NO_CACHE", "NOCACHE", "NC"):
         return CacheType.NONE
-    raise ValueError(f"cache_type={type_hint!r} is not supported; allowed: 'DBCache' or None")
+    raise ValueError(f"cache_type={type_hint!r} is not supported; allowed: 'DBCache', 'DBPrune' or None")
 
 
 @dataclasses.dataclass
@@ -126,6 +131,9 @@ class BasicCacheConfig:
                 continue
             _check_cache_field(field.name, value)
         self.cache_type = cache_type(self.cache_type)
+        if self.cache_type is CacheType.DBPrune and not isinstance(self, DBPruneConfig):
+            fail("cache_type", self.cache_type, f"CacheType.DBCache in a {type(self).__name__} (DBPrune runs "
+                                                f"with a DBPruneConfig, as in cache-dit)")
         if self.steps_computation_mask is not None:
             self.steps_computation_mask = list(self.steps_computation_mask)
         return self
@@ -139,9 +147,9 @@ def _check_mask(name: str, mask: Any) -> None:
 
 def _check_cache_type(name: str, value: Any) -> None:
     if not isinstance(value, (CacheType, str)):
-        fail(name, value, "CacheType.DBCache or 'DBCache'")
-    if cache_type(value) is not CacheType.DBCache:
-        fail(name, value, "CacheType.DBCache or 'DBCache' (the only cache CacheDit runs)")
+        fail(name, value, "CacheType.DBCache / 'DBCache' or CacheType.DBPrune / 'DBPrune'")
+    if cache_type(value) not in (CacheType.DBCache, CacheType.DBPrune):
+        fail(name, value, "CacheType.DBCache / 'DBCache' or CacheType.DBPrune / 'DBPrune' (with a DBPruneConfig)")
 
 
 _CACHE_FIELD_CHECKS = {
@@ -175,6 +183,57 @@ def _check_cache_field(name: str, value: Any) -> None:
 @dataclasses.dataclass
 class DBCacheConfig(BasicCacheConfig):
     """Named alias of `BasicCacheConfig` for DBCache (as in cache-dit)."""
+
+
+@dataclasses.dataclass
+class DBPruneConfig(BasicCacheConfig):
+    """Dynamic Block Prune (cache-dit's fields and defaults): every block outside the first Fn,
+    the last Bn and `non_prune_block_ids` (indices within its block list) is skipped on its own
+    when its input's relative L1 change since the last step that ran it is below the threshold;
+    it then returns its input plus the residual it produced then. Warmup, the steps mask and the
+    reuse caps apply per step as in DBCache (a step counts as pruned when any block was pruned).
+
+    `enable_dynamic_prune_threshold`: the threshold rises to `dynamic_prune_threshold_relax_ratio`
+    times the mean of the step's first five positive diffs, unless that reaches
+    `max_dynamic_prune_threshold` (default: twice `residual_diff_threshold`).
+    `force_reduce_calibrator_vram` is accepted for compatibility and has no effect (CacheDit keeps
+    no downsampled copy)."""
+
+    cache_type: CacheType = CacheType.DBPrune
+    enable_dynamic_prune_threshold: bool = False
+    max_dynamic_prune_threshold: Optional[float] = None
+    dynamic_prune_threshold_relax_ratio: float = 1.25
+    non_prune_block_ids: list = dataclasses.field(default_factory=list)
+    force_reduce_calibrator_vram: bool = False
+
+    def strify(self) -> str:
+        """Compact tag, identical to cache-dit's, e.g. `DBPrune_F1B0_W8I1M0MC0_R0.08`."""
+        return (f"{self.cache_type}_F{self.Fn_compute_blocks}B{self.Bn_compute_blocks}_"
+                f"W{self.max_warmup_steps}I{self.warmup_interval}"
+                f"M{max(0, self.max_cached_steps)}MC{max(0, self.max_continuous_cached_steps)}_"
+                f"R{self.residual_diff_threshold}")
+
+
+def _check_block_ids(name: str, ids: Any) -> None:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple)) or \
+            any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        fail(name, ids, "a list of block indices (ints >= 0, within each block list)")
+
+
+_CACHE_FIELD_CHECKS.update({
+    "enable_dynamic_prune_threshold": check_bool,
+    "max_dynamic_prune_threshold": lambda n, v: check_float(n, v, 0.0, 1e9),
+    "dynamic_prune_threshold_relax_ratio": lambda n, v: check_float(n, v, 0.0, 1e9),
+    "non_prune_block_ids": _check_block_ids,
+    "force_reduce_calibrator_vram": check_bool,
+})
+_OPTIONAL_CACHE_FIELDS = _OPTIONAL_CACHE_FIELDS | {"max_dynamic_prune_threshold"}
+
+
+def copy_cache_config(config: BasicCacheConfig) -> BasicCacheConfig:
+    """A deep copy as a DBPruneConfig (a DBPruneConfig given) or a DBCacheConfig (any other config)."""
+    cls = DBPruneConfig if isinstance(config, DBPruneConfig) else DBCacheConfig
+    return cls(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass

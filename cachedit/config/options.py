@@ -8,7 +8,7 @@ import copy
 import dataclasses
 from typing import Any, Optional, Sequence, Tuple
 
-from .cache_dit import BasicCacheConfig, CalibratorConfig, DBCacheConfig, TaylorSeerCalibratorConfig
+from .cache_dit import BasicCacheConfig, CalibratorConfig, DBCacheConfig, TaylorSeerCalibratorConfig, copy_cache_config
 from .validate import check_bool, check_float, check_int, check_str, fail
 
 
@@ -208,7 +208,7 @@ def resolve_options(
     user_tuned = cache_config is not None or bool(cache_legacy)
 
     if cache_config is not None:
-        config = DBCacheConfig(**{f.name: copy.deepcopy(getattr(cache_config, f.name)) for f in dataclasses.fields(BasicCacheConfig)})
+        config = copy_cache_config(cache_config)  # a DBPruneConfig stays one
     elif cache_legacy:
         config = DBCacheConfig()
     else:

@@ -16,9 +16,9 @@ class CacheStats:
 
     cache_options: dict = dataclasses.field(default_factory=dict)
     cached_steps: List[int] = dataclasses.field(default_factory=list)
-    residual_diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
+    residual_diffs: Dict[str, Any] = dataclasses.field(default_factory=dict)  # DBPrune: a list of diffs per step
     cfg_cached_steps: List[int] = dataclasses.field(default_factory=list)
-    cfg_residual_diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
+    cfg_residual_diffs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     accumulated_cached_steps: int = 0
     cfg_accumulated_cached_steps: int = 0
     accumulated_executed_steps: int = 0
@@ -71,9 +71,26 @@ class _ModelCounters:
     last_diffs: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
     last_errors: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
     last_thresholds: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    # DBPrune (last run, per branch): blocks pruned and blocks in the list, per call
+    last_pruned: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
+    last_actual: Dict[int, List[int]] = dataclasses.field(default_factory=dict)
     error_budget: Optional[float] = None
     last_record: Any = None
     cache_bytes: int = 0
+
+
+def _prune_fields(c: _ModelCounters) -> dict:
+    """cache-dit's DBPrune stats of the last run: branch 0, and the other branches as cfg_*."""
+    if not c.last_pruned:
+        return {}
+    pruned, actual = c.last_pruned.get(0, []), c.last_actual.get(0, [])
+    cfg_pruned = [n for b, ns in sorted(c.last_pruned.items()) if b > 0 for n in ns]
+    cfg_actual = [n for b, ns in sorted(c.last_actual.items()) if b > 0 for n in ns]
+    return dict(pruned_steps=list(c.last_cached.get(0, [])), pruned_blocks=list(pruned), actual_blocks=list(actual),
+                pruned_ratio=sum(pruned) / sum(actual) if pruned and sum(actual) else None,
+                cfg_pruned_steps=sorted({s for b, steps in c.last_cached.items() if b > 0 for s in steps}),
+                cfg_pruned_blocks=cfg_pruned, cfg_actual_blocks=cfg_actual,
+                cfg_pruned_ratio=sum(cfg_pruned) / sum(cfg_actual) if cfg_pruned and sum(cfg_actual) else None)
 
 
 class StatsAggregator:
@@ -114,6 +131,8 @@ class StatsAggregator:
             c.last_diffs = {}
             c.last_errors = {}
             c.last_thresholds = {}
+            c.last_pruned = {}
+            c.last_actual = {}
 
     def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0, **_: Any) -> None:
         with self._lock:
@@ -142,7 +161,12 @@ class StatsAggregator:
                 c.executed_steps += 1
             c.blocks_computed += blocks
             c.blocks_total += total_blocks
-            if diff is not None:
+            if "pruned_blocks" in payload:  # DBPrune: every diff of the step, as cache-dit lists them
+                c.last_pruned.setdefault(branch, []).append(payload["pruned_blocks"])
+                c.last_actual.setdefault(branch, []).append(total_blocks)
+                if payload.get("diffs"):
+                    c.last_diffs.setdefault(branch, {})[str(step)] = list(payload["diffs"])
+            elif diff is not None:
                 c.last_diffs.setdefault(branch, {})[str(step)] = diff
             threshold = payload.get("threshold")
             if threshold is not None:
@@ -195,6 +219,7 @@ class StatsAggregator:
                 reuse_errors=dict(c.last_errors.get(0, {})),
                 thresholds=dict(c.last_thresholds.get(0, {})),
                 cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b > 0 for k, v in d.items()},
+                **_prune_fields(c),
                 error_budget=c.error_budget,
             )
 

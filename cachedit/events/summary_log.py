@@ -9,7 +9,7 @@ same as cache-dit's for the same steps.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from .report import error_percentiles
 from .stats import CacheStats
@@ -28,9 +28,9 @@ def linear_percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def table_lines(label: str, cached: int, diffs: Dict[str, float]) -> List[str]:
+def table_lines(label: str, cached: int, diffs: Dict[str, Any]) -> List[str]:
     """cache-dit's three table lines (header, rule, values) for one set of recorded diffs."""
-    values = list(diffs.values())
+    values = [v for d in diffs.values() for v in (d if isinstance(d, list) else [d])]  # DBPrune: lists per step
     cells = [round(linear_percentile(values, q), 3) for q in (0, 25, 50, 75, 95)]
     cells += [round(min(values), 3), round(max(values), 3)]
     width = len(label)
@@ -60,6 +60,9 @@ def log_summary(s: CacheStats, details: bool = False) -> None:
             logger.info("📚CFG Cache Steps and Residual Diffs Details: %s\n", name)
             logger.info("CFG Cache Steps: %d, %s", s.cfg_accumulated_cached_steps, s.cfg_cached_steps)
             logger.info("CFG Residual Diffs: %d, %s", len(s.cfg_residual_diffs), s.cfg_residual_diffs)
+    if s.pruned_ratio is not None:
+        logger.info("Dynamic Block Prune Ratio: %s%% (%d/%d)", round(s.pruned_ratio * 100, 2), sum(s.pruned_blocks),
+                    sum(s.actual_blocks))
     logger.info("CacheDit: %s strategy=%s hit_rate=%.1f%% blocks computed/skipped=%d/%d estimated compute saved=%.1f%%",
                 name, s.strategy, 100 * s.hit_rate, s.blocks_computed, s.blocks_skipped,
                 100 * s.estimated_compute_saved)

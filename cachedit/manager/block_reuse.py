@@ -27,6 +27,7 @@ from .state import BranchState
 from .taylorseer import TaylorSeries
 
 Streams = Dict[str, Optional[torch.Tensor]]
+PRUNE_INPUT = "prune_input"  # DBPrune: kept with a block's residual, its hidden input at that step (not a stream)
 
 
 class BlockReuse:
@@ -40,6 +41,7 @@ class BlockReuse:
         # Copy segment inputs before blocks run: needed for blocks that write into their inputs (the
         # adapter says so up front; otherwise it is switched on when a version counter shows it).
         self.copy_inputs = copy_inputs
+        self.keep_inputs = bool(layout.segments) and all(layout.roles[s[0]].prune for s in layout.segments)
 
     def can_reuse(self, branch: BranchState) -> bool:
         """A reuse needs every segment's residual from a computed step of this branch."""
@@ -50,7 +52,7 @@ class BlockReuse:
     def segment_input(self, call: CallState, seg: int, streams: Streams) -> None:
         """At a segment's first block: build the reused streams, or keep the input for the residual."""
         if call.reuse:
-            call.seg_out[seg] = self._reused(call, seg, streams)
+            call.seg_out[seg] = self.reused(call, seg, streams)
             return
         if self.copy_inputs:
             streams = {k: v.clone() if v is not None else None for k, v in streams.items()}
@@ -86,6 +88,8 @@ class BlockReuse:
                 residual[name] = series.update_residual(out, base, call.step)
             else:
                 residual[name] = sub_into(previous.get(name), out, base)  # overwrite last step's buffer
+        if self.keep_inputs and inputs.get("hidden") is not None:
+            residual[PRUNE_INPUT] = inputs["hidden"]  # DBPrune compares the block's next input with it
         branch.residuals[seg] = residual
 
     def _measure_error(self, branch: BranchState, seg: int, out: torch.Tensor, base: torch.Tensor,
@@ -105,7 +109,7 @@ class BlockReuse:
         else:
             branch.error_sums = [branch.error_sums[0] + num, branch.error_sums[1] + den]
 
-    def _reused(self, call: CallState, seg: int, streams: Streams) -> Streams:
+    def reused(self, call: CallState, seg: int, streams: Streams) -> Streams:
         """The segment's output on a reused step: input + cached (or extrapolated) residual."""
         residual = call.branch.residuals.get(seg, {})
         order = self.options.taylorseer_order

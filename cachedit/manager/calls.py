@@ -76,7 +76,7 @@ class CallState:
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
                  "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
-                 "final")
+                 "final", "pruned")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -95,6 +95,7 @@ class CallState:
         self.progress = 0.0
         self.timestep: Optional[float] = None
         self.final = False  # the run's last step (known or foreseen)
+        self.pruned = 0  # DBPrune: blocks pruned in this call
 
 
 class ThreadCalls(threading.local):

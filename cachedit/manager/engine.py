@@ -23,6 +23,7 @@ import torch
 
 from ..config import CacheOptions
 from ..events import report
+from .block_prune import BlockPrune, prune_layout
 from .block_reuse import BlockReuse, Streams
 from .buffers import ProbeBuffers, tensor_version
 from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
@@ -31,7 +32,7 @@ from .distributed import DecisionGroup
 from .feedback import ErrorFeedback
 from .layout import BlockLayout
 from .step_reuse import StepReuse
-from .strategies import make_strategy
+from .strategies import is_prune, make_strategy
 
 
 def eager(fn):
@@ -56,7 +57,8 @@ class CacheEngine:
     def _configure(self, options: CacheOptions, list_lengths: Sequence[int], clone_inputs: bool) -> None:
         cfg = options.cache_config
         self.options = options
-        self.layout = BlockLayout.build(list_lengths, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks)
+        self.layout = prune_layout(options, list_lengths) if is_prune(options) else \
+            BlockLayout.build(list_lengths, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks)
         self.feedback: Optional[ErrorFeedback] = None
         if options.error_budget is not None and options.strategy == "adaptive":
             self.feedback = ErrorFeedback(options.error_budget, float(cfg.residual_diff_threshold))
@@ -64,6 +66,8 @@ class CacheEngine:
         self.decider = Decider(self.key, self.name, self.strategy, self.feedback, self.group)
         self.blocks = BlockReuse(options, self.layout, clone_inputs, self.scratch_like if self.feedback else None)
         self.steps = StepReuse(options, self.decider, measure_errors=self.feedback is not None)
+        self.pruner = BlockPrune(self.key, self.name, self.layout, self.strategy, self.decider, self.blocks,
+                                 self.scratch_like) if is_prune(options) else None
         self.placer.default_total_steps = cfg.num_inference_steps
 
     def _run_ended(self, run) -> dict:
@@ -174,6 +178,9 @@ class CacheEngine:
             self.current = None
         if failed:
             self.placer.abort(call)
+        elif not call.decided and self.pruner is not None:
+            self.placer.place(call)
+            self.pruner.finish(call)  # DBPrune: the call's pruned blocks, recorded and announced
         elif not call.decided:
             # A model call that never reached the probe (no blocks ran): count it as computed.
             self._decide(call, None)
@@ -216,6 +223,12 @@ class CacheEngine:
         else:
             probe = hidden
         self._decide(call, probe)
+
+    @eager
+    def prune_input(self, call: CallState, segment: int, streams: Streams, can_build: bool) -> bool:
+        """DBPrune: a prunable block's input; True when the block is pruned (its output is ready)."""
+        self.placer.place(call)
+        return self.pruner.enter(call, segment, streams, can_build)
 
     @eager
     def segment_input(self, call: CallState, segment: int, streams: Streams) -> None:

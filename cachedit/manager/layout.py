@@ -23,6 +23,7 @@ class BlockRole:
     segment: int = -1  # the middle segment it belongs to (-1: none)
     segment_first: bool = False  # its input is the segment's input
     segment_last: bool = False  # its output gives the segment's residual
+    prune: bool = False  # DBPrune: a one-block segment that decides for itself whether it runs
 
     @property
     def hooked(self) -> bool:
@@ -70,6 +71,28 @@ class BlockLayout:
             if fn > 0:
                 fields[fn - 1]["probe"] = True
         return cls(lengths, fn, bn, tuple(BlockRole(**f) for f in fields), tuple(segments))
+
+    @classmethod
+    def build_prune(cls, list_lengths: Sequence[int], fn_blocks: int, bn_blocks: int,
+                    non_prune_ids: Sequence[int] = ()) -> "BlockLayout":
+        """DBPrune's layout (cache-dit's `get_non_prune_blocks_ids`): every block but the first Fn,
+        the last Bn and `non_prune_ids` is a one-block segment that may be pruned on its own. Block
+        lists count as one sequence, as DBCache's layout does (cache-dit's FLUX adapter joins its
+        two lists the same way); a BlockAdapter gives each list an engine of its own."""
+        lengths = tuple(int(n) for n in list_lengths)
+        n = sum(lengths)
+        fn, bn = min(fn_blocks, n), min(bn_blocks, n)
+        keep = set(range(fn)) | set(range(n - bn, n)) | {i for i in non_prune_ids if i < n}
+        roles: List[BlockRole] = []
+        segments: List[range] = []
+        for index in range(n):
+            if index in keep:
+                roles.append(BlockRole(index))
+                continue
+            roles.append(BlockRole(index, middle=True, segment=len(segments), segment_first=True, segment_last=True,
+                                   prune=True))
+            segments.append(range(index, index + 1))
+        return cls(lengths, fn, bn, tuple(roles), tuple(segments))
 
     @property
     def num_blocks(self) -> int:

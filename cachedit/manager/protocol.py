@@ -57,10 +57,14 @@ def block_forward(engine: CacheEngine, index: int, codec: StreamCodec, run: Call
             streams = codec.read_inputs(args, kwargs)
             if role.first:
                 engine.probe_input(call, streams)  # with Fn=0 this decides
-            if role.segment_first:
-                engine.segment_input(call, segment, streams)
-            if not (role.middle and call.reuse):
-                return None
+            if role.prune:
+                if not engine.prune_input(call, segment, streams, codec.ready):
+                    return None  # DBPrune: this block runs
+            else:
+                if role.segment_first:
+                    engine.segment_input(call, segment, streams)
+                if not (role.middle and call.reuse):
+                    return None
         elif role.segment_first:
             engine.segment_input(call, segment, codec.read_inputs(args, kwargs))
         reused = call.seg_out.get(segment)

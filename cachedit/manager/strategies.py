@@ -159,10 +159,81 @@ class AdaptiveStrategy(Strategy):
         return Decision(diff < threshold, diff=diff, recorded=diff)
 
 
+class PruneStrategy(Strategy):
+    """DBPrune's rule for one block (cache-dit's `can_prune`): outside warmup, the mask's compute
+    steps and the caps, prune when the relative L1 change of the block's input since the last step
+    that ran it is below the threshold (0 disables pruning, >= 1 always prunes). Decided per block:
+    a step counts as pruned once any block was, and the caps read the steps before this one. Not a
+    user-selectable strategy: `cache_type=DBPrune` (a DBPruneConfig) selects it."""
+
+    name = "prune"
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.residual_diff_threshold)
+
+    def threshold_at(self, branch: BranchState, step: int) -> float:
+        """The threshold for the next block at `step`: with `enable_dynamic_prune_threshold`, relaxed
+        to the mean of the step's first five positive diffs times the relax ratio, when that lies
+        between the configured threshold and the cap (cache-dit's `get_residual_diff_threshold`)."""
+        cfg = self.config
+        threshold = float(cfg.residual_diff_threshold)
+        if not cfg.enable_dynamic_prune_threshold:
+            return threshold
+        diffs = [d for d in branch.residual_diffs.get(str(step), [])[:5] if d > 0.0]
+        if not diffs:
+            return threshold
+        relaxed = sum(diffs) / len(diffs) * cfg.dynamic_prune_threshold_relax_ratio
+        cap = cfg.max_dynamic_prune_threshold if cfg.max_dynamic_prune_threshold is not None else 2 * threshold
+        return relaxed if threshold < relaxed < cap else threshold
+
+    def capped_at(self, branch: BranchState, step: int) -> bool:
+        """Total and consecutive pruned-step caps, counting the steps before `step` (cache-dit's
+        prune context never accumulates diffs, so the accumulated cap does not apply)."""
+        cfg = self.config
+        if 0 <= cfg.max_cached_steps <= len(branch.cached_steps):
+            return True
+        streak = branch.continuous_cached_steps
+        if branch.cached_steps and branch.cached_steps[-1] == step:
+            streak -= 1
+        return 0 <= cfg.max_continuous_cached_steps <= streak
+
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
+        if self.in_warmup(step) or self.outside_window(progress) or step in self.compute_by_mask:
+            return COMPUTE
+        if self.static_mask:
+            return REUSE
+        if self.capped_at(branch, step):
+            return COMPUTE
+        threshold = self.threshold_at(branch, step)
+        if threshold <= 0.0:
+            return COMPUTE
+        if threshold >= 1.0:
+            return Decision(True, recorded=-1.0, threshold=threshold)
+        diff = measure()
+        if diff is None:
+            return COMPUTE
+        return Decision(diff < threshold, diff=diff, recorded=diff, threshold=threshold)
+
+
 STRATEGIES: Dict[str, Type[Strategy]] = {cls.name: cls for cls in (FixedStrategy, DynamicStrategy, AdaptiveStrategy)}
 """The one registry of strategy names (validation and the nodes read it)."""
 
 
 def make_strategy(options: "CacheOptions", feedback: Optional[ErrorFeedback] = None) -> Strategy:
-    """The strategy object for `options.strategy` (adaptive reads its threshold from `feedback` if given)."""
+    """The strategy object for `options.strategy` (adaptive reads its threshold from `feedback` if
+    given); a DBPrune config runs `PruneStrategy`, which takes neither another strategy nor a budget."""
+    if is_prune(options):
+        if options.strategy != "adaptive":
+            raise ValueError(f"strategy={options.strategy!r} is invalid with cache_type=DBPrune; allowed: 'adaptive' "
+                             f"(DBPrune measures every prunable block)")
+        if options.error_budget is not None:
+            raise ValueError(f"error_budget={options.error_budget!r} is invalid with cache_type=DBPrune; allowed: None "
+                             f"(no quality / error_budget: DBPrune keeps its threshold as configured)")
+        return PruneStrategy(options)
     return STRATEGIES[options.strategy](options, feedback)
+
+
+def is_prune(options: "CacheOptions") -> bool:
+    """Whether `options` run DBPrune (cache_type DBPrune)."""
+    return str(options.cache_config.cache_type) == "DBPrune"
