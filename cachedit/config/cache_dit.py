@@ -134,6 +134,9 @@ class BasicCacheConfig:
         if self.cache_type is CacheType.DBPrune and not isinstance(self, DBPruneConfig):
             fail("cache_type", self.cache_type, f"CacheType.DBCache in a {type(self).__name__} (DBPrune runs "
                                                 f"with a DBPruneConfig, as in cache-dit)")
+        if self.enable_separate_cfg and self.cfg_diff_compute_separate and self.cfg_compute_first:
+            fail("cfg_compute_first", True, "False when enable_separate_cfg and cfg_diff_compute_separate are True "
+                                            "(as cache-dit requires)")
         if self.steps_computation_mask is not None:
             self.steps_computation_mask = list(self.steps_computation_mask)
         return self

@@ -79,16 +79,16 @@ class _ModelCounters:
     cache_bytes: int = 0
 
 
-def _prune_fields(c: _ModelCounters) -> dict:
-    """cache-dit's DBPrune stats of the last run: branch 0, and the other branches as cfg_*."""
+def _prune_fields(c: _ModelCounters, main: int) -> dict:
+    """cache-dit's DBPrune stats of the last run: the main branch, and the other branches as cfg_*."""
     if not c.last_pruned:
         return {}
-    pruned, actual = c.last_pruned.get(0, []), c.last_actual.get(0, [])
-    cfg_pruned = [n for b, ns in sorted(c.last_pruned.items()) if b > 0 for n in ns]
-    cfg_actual = [n for b, ns in sorted(c.last_actual.items()) if b > 0 for n in ns]
-    return dict(pruned_steps=list(c.last_cached.get(0, [])), pruned_blocks=list(pruned), actual_blocks=list(actual),
+    pruned, actual = c.last_pruned.get(main, []), c.last_actual.get(main, [])
+    cfg_pruned = [n for b, ns in sorted(c.last_pruned.items()) if b != main for n in ns]
+    cfg_actual = [n for b, ns in sorted(c.last_actual.items()) if b != main for n in ns]
+    return dict(pruned_steps=list(c.last_cached.get(main, [])), pruned_blocks=list(pruned), actual_blocks=list(actual),
                 pruned_ratio=sum(pruned) / sum(actual) if pruned and sum(actual) else None,
-                cfg_pruned_steps=sorted({s for b, steps in c.last_cached.items() if b > 0 for s in steps}),
+                cfg_pruned_steps=sorted({s for b, steps in c.last_cached.items() if b != main for s in steps}),
                 cfg_pruned_blocks=cfg_pruned, cfg_actual_blocks=cfg_actual,
                 cfg_pruned_ratio=sum(cfg_pruned) / sum(cfg_actual) if cfg_pruned and sum(cfg_actual) else None)
 
@@ -188,8 +188,9 @@ class StatsAggregator:
                     self._models[k] = _ModelCounters(name=old.name, strategy=old.strategy, level=old.level,
                                                      run_index=old.run_index)
 
-    def snapshot(self, key: int) -> Optional[CacheStats]:
-        """A CacheStats copy for one model, or None if it is not tracked."""
+    def snapshot(self, key: int, main_branch: int = 0) -> Optional[CacheStats]:
+        """A CacheStats copy for one model, or None if it is not tracked. `main_branch`: the branch
+        reported as the non-CFG one (1 with cache-dit's cfg_compute_first); the others are cfg_*."""
         with self._lock:
             c = self._models.get(key)
             if c is None:
@@ -197,12 +198,12 @@ class StatsAggregator:
             decisions = c.hits + c.misses
             skipped = c.blocks_total - c.blocks_computed
             return CacheStats(
-                cached_steps=list(c.last_cached.get(0, [])),
-                residual_diffs=dict(c.last_diffs.get(0, {})),
-                cfg_cached_steps=sorted({s for b, steps in c.last_cached.items() if b > 0 for s in steps}),
-                cfg_residual_diffs={k: v for b, d in c.last_diffs.items() if b > 0 for k, v in d.items()},
-                accumulated_cached_steps=c.cached_by_branch.get(0, 0),
-                cfg_accumulated_cached_steps=sum(v for b, v in c.cached_by_branch.items() if b > 0),
+                cached_steps=list(c.last_cached.get(main_branch, [])),
+                residual_diffs=dict(c.last_diffs.get(main_branch, {})),
+                cfg_cached_steps=sorted({s for b, steps in c.last_cached.items() if b != main_branch for s in steps}),
+                cfg_residual_diffs={k: v for b, d in c.last_diffs.items() if b != main_branch for k, v in d.items()},
+                accumulated_cached_steps=c.cached_by_branch.get(main_branch, 0),
+                cfg_accumulated_cached_steps=sum(v for b, v in c.cached_by_branch.items() if b != main_branch),
                 accumulated_executed_steps=c.executed_steps,
                 accumulated_transformer_executed_steps=c.calls,
                 name=c.name,
@@ -216,10 +217,10 @@ class StatsAggregator:
                 estimated_compute_saved=(skipped / c.blocks_total) if c.blocks_total else 0.0,
                 runs=c.runs,
                 cache_bytes=c.cache_bytes,
-                reuse_errors=dict(c.last_errors.get(0, {})),
-                thresholds=dict(c.last_thresholds.get(0, {})),
-                cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b > 0 for k, v in d.items()},
-                **_prune_fields(c),
+                reuse_errors=dict(c.last_errors.get(main_branch, {})),
+                thresholds=dict(c.last_thresholds.get(main_branch, {})),
+                cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b != main_branch for k, v in d.items()},
+                **_prune_fields(c, main_branch),
                 error_budget=c.error_budget,
             )
 

@@ -120,6 +120,8 @@ class CallPlacer:
         self._buffers: "weakref.WeakSet[ProbeBuffers]" = weakref.WeakSet()
         self.local = ThreadCalls(self._trackers, self._buffers)
         self.default_total_steps: Optional[int] = None  # DBCacheConfig.num_inference_steps
+        self.refresh_every: Optional[int] = None  # DBCacheConfig.force_refresh_step_hint
+        self.refresh_repeat = False  # force_refresh_step_policy == "repeat"
         self._run_ended = run_ended  # the engine's end-of-run work; returns the extra payload of run_finished
 
     @property
@@ -146,7 +148,9 @@ class CallPlacer:
         with self.lock:
             previous_run = self.tracker.run
             run, step, key, reason = self.tracker.advance(timestep, request.branch_key, total_steps=total_steps,
-                                                          step_index=request.step_index)
+                                                          step_index=request.step_index,
+                                                          refresh_every=self.refresh_every,
+                                                          refresh_repeat=self.refresh_repeat)
             if reason:
                 if previous_run is not None:
                     self._announce_finished(previous_run)

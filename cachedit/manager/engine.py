@@ -21,7 +21,7 @@ from typing import Callable, Hashable, List, Optional, Sequence
 
 import torch
 
-from ..config import CacheOptions
+from ..config import CacheOptions, cfg_compat
 from ..events import report
 from .block_prune import BlockPrune, prune_layout
 from .block_reuse import BlockReuse, Streams
@@ -69,11 +69,15 @@ class CacheEngine:
         self.pruner = BlockPrune(self.key, self.name, self.layout, self.strategy, self.decider, self.blocks,
                                  self.scratch_like) if is_prune(options) else None
         self.placer.default_total_steps = cfg.num_inference_steps
+        self.placer.refresh_every = cfg.force_refresh_step_hint
+        self.placer.refresh_repeat = cfg.force_refresh_step_policy == "repeat"
+        cfg_compat.warn_differences(options)
 
     def _run_ended(self, run) -> dict:
         """A run ends: read the errors still waiting on its branches; the run_finished payload."""
         for branch in run.branches.values():
             self.decider.flush(branch)
+        cfg_compat.notice_run(self.options, len(run.branches))
         if run.executed_calls and not self._warned_warmup:
             self._warned_warmup = report.warn_warmup_covers_run(self, run.step + 1, run.record.reused)
         return {"options": self.options, "middle_share": self.layout.middle_share}
@@ -246,6 +250,9 @@ class CacheEngine:
         branch = call.branch
 
         def measure(can_reuse: bool) -> Measured:
+            shared = self._partner_diff(call)
+            if shared is not None:
+                return Measured(shared, can_reuse, [])  # cfg_diff_compute_separate=False: the partner's diff
             scratch = self.buffers.scratch_like(probe) if probe is not None and branch.probe is not None else None
             return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
@@ -258,6 +265,18 @@ class CacheEngine:
             if call.probe_owned:
                 self.buffers.give_back(branch.probe)
             branch.probe = probe
+
+    def _partner_diff(self, call: CallState) -> Optional[float]:
+        """cache-dit's `cfg_diff_compute_separate=False` (with enable_separate_cfg=True): a CFG
+        branch decides with the diff its non-CFG partner recorded at this step, if it did."""
+        cfg = self.options.cache_config
+        if not cfg.enable_separate_cfg or cfg.cfg_diff_compute_separate:
+            return None
+        main = 1 if cfg.cfg_compute_first else 0
+        if call.branch.index == main:
+            return None
+        partner = next((b for b in call.run.branches.values() if b.index == main), None)
+        return partner.residual_diffs.get(str(call.step)) if partner is not None else None
 
     # -- step level -------------------------------------------------------------------------------
     @eager

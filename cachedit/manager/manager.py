@@ -214,7 +214,9 @@ class CacheManager:
     def snapshot(self, entry: ModelEntry, engine: Optional[CacheEngine] = None) -> CacheStats:
         """CacheStats of one model's engine (its first by default; zeros before its first step)."""
         engine = engine or entry.engine
-        stats = self.stats.snapshot(engine.key) or CacheStats(name=engine.name)
+        cfg = engine.options.cache_config
+        main = 1 if cfg.enable_separate_cfg and cfg.cfg_compute_first else 0  # cache-dit: the CFG call came first
+        stats = self.stats.snapshot(engine.key, main) or CacheStats(name=engine.name)
         stats.cache_options = {"cache_config": engine.options.cache_config,
                                "calibrator_config": engine.options.calibrator_config,
                                "strategy": engine.options.strategy}

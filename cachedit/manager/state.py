@@ -128,6 +128,7 @@ class RunState:
     branches: Dict[Hashable, BranchState] = dataclasses.field(default_factory=dict)
     record: RunRecord = None  # type: ignore[assignment]
     executed_calls: int = 0
+    forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
 
     def __post_init__(self) -> None:
         if self.record is None:
@@ -160,8 +161,9 @@ class RunTracker:
     Rules: the first call starts a run; a timestep that moves against the run's direction (goes
     back up) starts a new run; an equal timestep is the same step (another CFG branch or an
     extra evaluation), keyed by the caller's branch key or the call's position in the step; a
-    run that reached `num_inference_steps` ends; an exception during a call ends the run so the
-    next call starts clean; `refresh()` forces a new run.
+    run that reached `num_inference_steps` ends; a run that made `force_refresh_step_hint` calls
+    ends (cache-dit's hint: once per generation, or each time with the "repeat" policy); an
+    exception during a call ends the run so the next call starts clean; `refresh()` forces a new run.
     """
 
     def __init__(self) -> None:
@@ -181,15 +183,19 @@ class RunTracker:
         return run
 
     def _new_run(self, reason: str, timestep: Optional[float], total_steps: Optional[int]) -> RunState:
+        forced = reason == "force_refresh_step_hint"
         self.run = RunState(index=self.runs_started, step=0, first_timestep=timestep, last_timestep=timestep,
-                            total_steps=total_steps)
+                            total_steps=total_steps, forced=forced)
         self.runs_started += 1
         self.last_reason = reason
         return self.run
 
     def advance(self, timestep: Optional[float], branch_key: Optional[Hashable], *,
-                total_steps: Optional[int] = None, step_index: Optional[int] = None) -> tuple:
-        """Place one call. Returns (run, step, branch_key, new_run_reason_or_empty)."""
+                total_steps: Optional[int] = None, step_index: Optional[int] = None,
+                refresh_every: Optional[int] = None, refresh_repeat: bool = False) -> tuple:
+        """Place one call. Returns (run, step, branch_key, new_run_reason_or_empty). `refresh_every`:
+        cache-dit's force_refresh_step_hint (a run that made that many calls ends; once per
+        generation, or every time with `refresh_repeat`)."""
         run = self.run
         reason = ""
         if run is None:
@@ -208,6 +214,9 @@ class RunTracker:
             is_new_step = timestep is None or timestep != run.last_timestep
             if is_new_step and run.step + 1 >= run.total_steps:
                 reason = "num_inference_steps reached"
+        if not reason and run is not None and refresh_every and run.executed_calls >= refresh_every \
+                and (refresh_repeat or not run.forced):
+            reason = "force_refresh_step_hint"  # the rest of this generation is a new run (steps count from 0)
         if reason:
             self._force_new = False
             run = self._new_run(reason, timestep, total_steps)
