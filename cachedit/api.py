@@ -20,6 +20,7 @@ from .config import (
     TaylorSeerCalibratorConfig,
     resolve_options,
 )
+from .config.cache_dit import copy_cache_config
 from .config.params_modifier import flatten_modifiers
 from .config.presets import expert_of, family_of
 from .config.yaml import CALIBRATOR_KEYS, load_cache_config
@@ -330,8 +331,7 @@ def refresh_context(obj: Any, **kwargs: Any) -> Any:
                 new = kwargs["cache_config"]
                 if not isinstance(new, BasicCacheConfig):
                     raise ValueError(f"cache_config={new!r} is invalid for refresh_context(); allowed: a DBCacheConfig")
-                options.cache_config = type(options.cache_config)(**{f.name: copy.deepcopy(getattr(new, f.name))
-                                                                      for f in dataclasses.fields(BasicCacheConfig)})
+                options.cache_config = copy_cache_config(new)  # a DBPruneConfig switches the model to DBPrune
             if "calibrator_config" in kwargs:
                 if kwargs["calibrator_config"] is not None and \
                         not isinstance(kwargs["calibrator_config"], TaylorSeerCalibratorConfig):

@@ -169,3 +169,19 @@ def test_summary_logs_the_prune_ratio(caplog):
     assert any(f"Dynamic Block Prune Ratio: {ratio}" in r.getMessage() for r in caplog.records)
     assert stats.actual_blocks == [6] * STEPS
     assert tag == f"DBPrune_F1B0_W3I1M0MC0_R0.05_P{round(stats.pruned_ratio * 100, 2)}_T0O0_S{len(stats.pruned_steps)}"
+
+
+def test_refresh_context_switches_between_dbcache_and_dbprune():
+    model = TinyDiT("Pattern_0")
+    cachedit.enable_cache(_adapter(cachedit, model, "Pattern_0"), cache_config=cachedit.DBCacheConfig(**BASE))
+    sample(model, "Pattern_0", STEPS)
+    assert cachedit.summary(model, logging=False)[0].pruned_ratio is None
+    cachedit.refresh_context(model, cache_config=cachedit.DBPruneConfig(**BASE, non_prune_block_ids=[2]))
+    sample(model, "Pattern_0", STEPS)
+    pruned = cachedit.summary(model, logging=False)[0]
+    cachedit.refresh_context(model, cache_config=cachedit.DBCacheConfig(**BASE))
+    sample(model, "Pattern_0", STEPS)
+    cached = cachedit.summary(model, logging=False)[0]
+    cachedit.disable_cache(model)
+    assert max(pruned.pruned_blocks) == 4 and pruned.cache_options["cache_config"].non_prune_block_ids == [2]
+    assert cached.cache_options["cache_config"].cache_type is cachedit.CacheType.DBCache and cached.cached_steps
