@@ -230,6 +230,9 @@ def make_strategy(options: "CacheOptions", feedback: Optional[ErrorFeedback] = N
         if options.error_budget is not None:
             raise ValueError(f"error_budget={options.error_budget!r} is invalid with cache_type=DBPrune; allowed: None "
                              f"(no quality / error_budget: DBPrune keeps its threshold as configured)")
+        if getattr(options, "cache_device", "model") == "cpu":
+            raise ValueError("cache_device='cpu' is invalid with cache_type=DBPrune; allowed: 'auto' or 'model' "
+                             "(pruned blocks read their residuals on the model's device)")
         return PruneStrategy(options)
     return STRATEGIES[options.strategy](options, feedback)
 
