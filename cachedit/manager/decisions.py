@@ -94,8 +94,9 @@ class Decider:
 
     def _measure_local(self, branch: BranchState, sums: Optional[tuple], can_reuse: bool,
                        extra: Sequence[torch.Tensor]) -> Measured:
-        if sums is None:
-            return Measured(None, can_reuse, [])
+        if sums is None:  # nothing to compare yet; `extra` is still read (its reader expects it)
+            values = torch.cat([p.reshape(-1).to(torch.float64) for p in extra]).tolist() if extra else []
+            return Measured(None, can_reuse, values)
         parts = list(sums) + list(extra)
         errors = branch.error_sums
         if errors is not None:

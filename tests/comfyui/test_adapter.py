@@ -743,9 +743,10 @@ def test_unknown_dit_gets_generic_block_hooks(comfy_harness, arch, monkeypatch):
     level: its block lists are found like the library finds them and hooked by object patches."""
     import torch
     from cachedit.adapters import comfyui
+    from cachedit.adapters.comfyui import layout as layouts
 
-    monkeypatch.setattr(comfyui, "REPLACE_LAYOUTS", {})
-    monkeypatch.setattr(comfyui, "OBJECT_LAYOUTS", {})
+    monkeypatch.setattr(layouts, "REPLACE_LAYOUTS", {})
+    monkeypatch.setattr(layouts, "OBJECT_LAYOUTS", {})
     h = comfy_harness
     m = _build(h, arch)
     layout = comfyui.layout_of(m.model.diffusion_model)
