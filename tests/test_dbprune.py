@@ -185,3 +185,27 @@ def test_refresh_context_switches_between_dbcache_and_dbprune():
     cachedit.disable_cache(model)
     assert max(pruned.pruned_blocks) == 4 and pruned.cache_options["cache_config"].non_prune_block_ids == [2]
     assert cached.cache_options["cache_config"].cache_type is cachedit.CacheType.DBCache and cached.cached_steps
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_taylorseer_prunes_the_same_blocks_as_cache_dit(order):
+    """With TaylorSeer the decisions are cache-dit's too; the extrapolated residuals differ slightly
+    (CacheDit never extrapolates past the span its differences were measured over: README)."""
+    def run(lib):
+        model = TinyDiT("Pattern_0")
+        extra = dict(num_inference_steps=STEPS) if lib is cache_dit else {}
+        adapter = lib.enable_cache(_adapter(lib, model, "Pattern_0"),
+                                   cache_config=lib.DBPruneConfig(**CONFIGS["dynamic_M8"], **extra),
+                                   calibrator_config=lib.TaylorSeerCalibratorConfig(taylorseer_order=order))
+        out = sample(model, "Pattern_0", STEPS)
+        if lib is cache_dit:
+            stats = (list(model.blocks._pruned_steps), list(model.blocks._pruned_blocks))
+        else:
+            s = cachedit.summary(model, logging=False)[0]
+            stats = (s.pruned_steps, s.pruned_blocks)
+        lib.disable_cache(adapter)
+        return stats, out
+
+    (theirs, theirs_out), (ours, ours_out) = run(cache_dit), run(cachedit)
+    assert ours == theirs and any(0 < n < 5 for n in ours[1])
+    assert (ours_out - theirs_out).abs().max() < 1e-2 * theirs_out.abs().max()
