@@ -331,3 +331,25 @@ SCENARIOS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "parallelism_config": parallelism_config,
     "comfyui_different_inputs": comfyui_different_inputs,
 }
+
+
+def dbprune_different_inputs(rank: int, world: int, steps: int = 28) -> Dict[str, Any]:
+    """DBPrune on a tiny DiT, each rank its own latents: with the default policy every rank prunes
+    the same blocks (each block's input change reduced over the ranks); with "off" each its own."""
+    import cachedit
+    from tiny_dits import TinyDiT, sample
+
+    config = dict(Fn_compute_blocks=1, residual_diff_threshold=0.05, max_warmup_steps=3,
+                  enable_dynamic_prune_threshold=True)
+    out = {}
+    for policy in ("auto", "off"):
+        model = TinyDiT("Pattern_0")
+        cachedit.enable_cache(model, cache_config=cachedit.DBPruneConfig(**config), distributed=policy)
+        sample(model, "Pattern_0", steps, seed=rank)
+        stats = cachedit.summary(model, logging=False)[0]
+        cachedit.disable_cache(model)
+        out[policy] = {"blocks": stats.pruned_blocks, "diffs": stats.residual_diffs}
+    return out
+
+
+SCENARIOS["dbprune_different_inputs"] = dbprune_different_inputs
