@@ -220,7 +220,7 @@ def test_cache_dit_names_are_here_or_say_why_not():
     from cachedit.scope import OUT_OF_SCOPE
 
     public = {n for n in dir(cache_dit) if not n.startswith("_") and not isinstance(getattr(cache_dit, n), type(cache_dit))}
-    not_yet = {"DBPrune", "DBPruneConfig", "ParallelismConfig", "version_tuple"}  # DBPrune, multi-GPU: other work
+    not_yet = {"ParallelismConfig", "version_tuple"}  # multi-GPU: other work
     assert set(OUT_OF_SCOPE) <= public
     missing = sorted(n for n in public if not hasattr(cachedit, n) and n not in OUT_OF_SCOPE and n not in not_yet)
     assert missing == []

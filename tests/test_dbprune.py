@@ -209,3 +209,14 @@ def test_taylorseer_prunes_the_same_blocks_as_cache_dit(order):
     (theirs, theirs_out), (ours, ours_out) = run(cache_dit), run(cachedit)
     assert ours == theirs and any(0 < n < 5 for n in ours[1])
     assert (ours_out - theirs_out).abs().max() < 1e-2 * theirs_out.abs().max()
+
+
+def test_yaml_with_cache_type_dbprune_gives_a_dbprune_config(tmp_path):
+    path = tmp_path / "prune.yaml"
+    path.write_text("cache_config:\n  cache_type: DBPrune\n  Fn_compute_blocks: 2\n  non_prune_block_ids: [4, 5]\n"
+                    "  enable_dynamic_prune_threshold: true\n")
+    ours = cachedit.load_configs(str(path))["cache_config"]
+    theirs = cache_dit.load_configs(str(path))["cache_config"]
+    assert type(ours).__name__ == type(theirs).__name__ == "DBPruneConfig"
+    assert ours.strify() == theirs.strify() and ours.non_prune_block_ids == theirs.non_prune_block_ids == [4, 5]
+    assert ours.enable_dynamic_prune_threshold is True

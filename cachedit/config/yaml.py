@@ -21,11 +21,11 @@ import os
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..steps_mask import steps_mask
-from .cache_dit import CacheType, DBCacheConfig, TaylorSeerCalibratorConfig, cache_type
+from .cache_dit import CacheType, DBCacheConfig, DBPruneConfig, TaylorSeerCalibratorConfig, cache_type
 
 SECTIONS = ("cache_config", "parallelism_config", "attention_backend", "quantize_config")
 CALIBRATOR_KEYS = ("enable_taylorseer", "enable_encoder_taylorseer", "taylorseer_cache_type", "taylorseer_order")
-CACHE_KEYS = tuple(f.name for f in dataclasses.fields(DBCacheConfig)) + CALIBRATOR_KEYS
+CACHE_KEYS = tuple(f.name for f in dataclasses.fields(DBPruneConfig)) + CALIBRATOR_KEYS  # DBPrune's are a superset
 # cache-dit calibrators and prune options CacheDit does not run (named in the error).
 UNSUPPORTED_KEYS = ("enable_dmd", "enable_encoder_dmd", "dmd_history", "dmd_rank", "dmd_ridge", "dmd_svd_precision",
                     "enable_foca", "enable_encoder_foca", "calibrator_cache_type")
@@ -98,10 +98,16 @@ def _cache_from_dict(kwargs: dict, reset: bool, where: str) -> Tuple[DBCacheConf
     if unknown:
         raise ValueError(f"unknown {where} key {unknown[0]!r}; allowed: {', '.join(CACHE_KEYS)}")
     kwargs = dict(kwargs)
+    cls = DBCacheConfig
     if "cache_type" in kwargs:
-        if cache_type(kwargs["cache_type"]) is not CacheType.DBCache:
-            raise ValueError(f"{where} cache_type={kwargs['cache_type']!r} is not supported; allowed: 'DBCache'")
-        kwargs["cache_type"] = CacheType.DBCache
+        try:
+            parsed = cache_type(kwargs["cache_type"])
+        except (ValueError, AttributeError):
+            parsed = None
+        if parsed not in (CacheType.DBCache, CacheType.DBPrune):
+            raise ValueError(f"{where} cache_type={kwargs['cache_type']!r} is not supported; allowed: 'DBCache', 'DBPrune'")
+        kwargs["cache_type"] = parsed
+        cls = DBPruneConfig if parsed is CacheType.DBPrune else DBCacheConfig  # as cache-dit's load_configs
     mask = kwargs.get("steps_computation_mask")
     if isinstance(mask, str):
         total = kwargs.get("num_inference_steps")
@@ -109,7 +115,7 @@ def _cache_from_dict(kwargs: dict, reset: bool, where: str) -> Tuple[DBCacheConf
             raise ValueError(f"{where} steps_computation_mask={mask!r} names a steps_mask policy and needs "
                              f"num_inference_steps; allowed: a list of 0/1, or a policy name with num_inference_steps")
         kwargs["steps_computation_mask"] = steps_mask(total_steps=total, mask_policy=mask)
-    config = DBCacheConfig().reset() if reset else DBCacheConfig()
+    config = cls().reset() if reset else cls()
     config.update(**{k: v for k, v in kwargs.items() if k not in CALIBRATOR_KEYS})
     if not reset:
         config.validate()
