@@ -20,7 +20,7 @@ def test_ratio_per_gap_and_progress_bucket():
     assert fb.ratio(1, 0.5) is None and fb.threshold(3, 0.5) == 0.24  # nothing measured: the configured threshold
     fb.observe(gap=2, progress=0.5, error=0.05, diff=0.1)  # ratio 0.5 at gap 2 in bucket 2
     assert bucket_of(0.5) == 2 and fb.ratio(2, 0.6) == pytest.approx(0.5)
-    assert fb.threshold(2, 0.6) == pytest.approx(0.2)
+    assert fb.threshold_at(2, 0.6) == pytest.approx(0.2)  # span unknown: the budget as given
     assert fb.ratio(8, 0.6) == pytest.approx(0.5 * math.sqrt(8 / 2))  # longer gap: scaled up from the nearest shorter one
     assert fb.ratio(1, 0.6) == pytest.approx(0.5)  # only longer gaps measured: the shortest of them
     fb.observe(gap=2, progress=0.55, error=0.2, diff=0.1)  # log-space smoothing, half weight
@@ -32,6 +32,25 @@ def test_ratio_per_gap_and_progress_bucket():
                 dict(gap=1, error=0.0, diff=0.1)):
         fb.observe(progress=0.1, **bad)
     assert fb.observations == 3 and bucket_of(0.1) not in {b for _, b in fb.log_ratios}
+
+
+def test_budget_scales_with_the_step_span():
+    """The budget is stated for 28-step spans: a quarter of the span (112 steps) doubles it, four
+    times the span (7 steps) halves it, within [0.5, 2]; the span is the progress between the last
+    two steps decided (branches of one step share it; a progress going back is a new run: unknown)."""
+    fb = ErrorFeedback(budget=0.1, initial_threshold=0.24)
+    assert fb.threshold(1, 0.0) == 0.24  # nothing measured yet
+    fb.observe(gap=1, progress=0.5, error=0.05, diff=0.1)  # ratio 0.5: threshold 0.2 at the reference span
+    assert fb.threshold(1, 0.5) == pytest.approx(0.2 * 0.5) and fb.span == pytest.approx(0.5)  # bounded
+    fb.threshold(1, 0.0)  # a new run
+    assert fb.span is None and fb.threshold(1, 0.0) == pytest.approx(0.2)
+    assert fb.threshold(1, 1 / 28) == pytest.approx(0.2)  # one 28-step span
+    assert fb.threshold(1, 1 / 28) == pytest.approx(0.2)  # the other branch of the same step
+    assert fb.threshold(1, 1 / 28 + 1 / 7) == pytest.approx(0.1)  # 7-step spans: half the budget
+    assert fb.threshold(1, 1 / 28 + 1 / 7 + 1 / 112) == pytest.approx(0.4)  # 112-step spans: twice
+    assert fb.threshold(1, 1 / 28 + 1 / 7 + 1 / 112 + 1 / 14) == pytest.approx(0.2 / math.sqrt(2))  # 14 steps
+    assert fb.threshold(1, 0.9) == pytest.approx(0.2 * 0.5)  # bounded
+    assert fb.threshold_at(1, 0.5, span=1e-4) == pytest.approx(0.2 * 2.0) and fb.threshold_at(1, 0.5) == pytest.approx(0.2)
 
 
 def test_presets_and_what_turns_feedback_on(tiny_flux):
@@ -190,6 +209,11 @@ def test_measured_error_in_logs_and_report(tiny_flux, caplog):
     assert "error_p50=" in run and "error_max=" in run and "error_budget=0.15" in run, run
     feedback = next(m for m in lines if "CacheDit error feedback" in m)
     assert "budget=0.15" in feedback and "median=" in feedback and f"of {len(s.reuse_errors)} computed steps" in feedback
-    first = errors[0]  # the threshold a reuse over the measured gap has after it: budget / (error / diff)
-    error, diff = (float(first.split(f"{k}=")[1].split()[0]) for k in ("error", "diff"))
-    assert float(first.split("next_threshold=")[1].split()[0]) == pytest.approx(0.15 * diff / error, rel=1e-3)
+    # the threshold a reuse over the measured gap has after the last measurement: budget x span scale /
+    # ratio (progress follows the timestep: 10 uniform steps from 1, step / 10)
+    fb = cachedit.get_manager().entry(tiny_flux).engine.feedback
+    last = errors[-1]
+    step, gap = (int(last.split(f" {k}=")[1].split()[0]) for k in ("step", "gap"))
+    expected = fb.threshold_at(gap, step / 10, fb.span)
+    assert fb.span == pytest.approx(0.1) and fb.span_scale(fb.span) == pytest.approx(math.sqrt(10 / 28))
+    assert float(last.split("next_threshold=")[1].split()[0]) == pytest.approx(expected, rel=1e-3)

@@ -147,9 +147,10 @@ class Decider:
         record.error = error
         self.feedback.observe(branch.computed_gap, branch.computed_progress, error, record.diff)
         if bus.error_measured.receivers:
+            fb = self.feedback
             bus.error_measured.send(self.key, name=self.name, step=record.step, branch=record.branch, error=error,
-                                    diff=record.diff, gap=branch.computed_gap, budget=self.feedback.budget,
-                                    threshold=self.feedback.threshold(max(1, branch.computed_gap), branch.computed_progress))
+                                    diff=record.diff, gap=branch.computed_gap, budget=fb.budget,
+                                    threshold=fb.threshold_at(max(1, branch.computed_gap), branch.computed_progress, fb.span))
 
     # -- the decision -----------------------------------------------------------------------------
     def decide(self, call: CallState, measure: Callable[[bool], Measured], can_reuse: bool, skipped_blocks: int,

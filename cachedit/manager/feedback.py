@@ -14,6 +14,16 @@ budget, so the probe threshold at gap k is budget / ratio. A gap not measured ye
 nearest shorter gap's ratio, scaled up by sqrt(k / j) (errors grow faster than the probe over a
 longer span). The ratios are kept across runs of the same model, so a second generation starts
 calibrated; before the first measurement the configured threshold is used.
+
+The budget depends on the step size: a reused step's error moves the image in proportion to the
+step it is used for (Euler: x += v * d_sigma; progress follows the noise level), and the errors of
+a run's reuses add up partly at random, so a run's image error grows like error x span x
+sqrt(reuses), with reuses ~ 1 / span: the same budget costs about sqrt(2) more image error in a
+14-step run than in a 28-step one. The budget holds as given for steps of REF_SPAN (a 28-step run)
+and scales with sqrt(REF_SPAN / span), the span being the progress between the last two steps (a
+proxy for the step the reused output is used for): fewer or coarser steps reuse less, many fine
+steps more, and a schedule that crowds its steps somewhere (a sigma shift) gets more budget where
+its steps are short.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import math
 from typing import Dict, Optional, Tuple
 
 BUCKETS = 4  # sampling progress is split in this many parts
+REF_SPAN = 1.0 / 28  # the step span the budget is stated for (a uniform 28-step run)
+SPAN_SCALE = (0.5, 2.0)  # bounds of sqrt(REF_SPAN / span)
 
 
 def bucket_of(progress: float) -> int:
@@ -39,6 +51,8 @@ class ErrorFeedback:
     smoothing: float = 0.5  # weight of a new measurement in a log-ratio average
     log_ratios: Dict[Tuple[int, int], float] = dataclasses.field(default_factory=dict)  # (gap, bucket) -> log(error / change)
     observations: int = 0
+    span: Optional[float] = None  # progress between the last two steps decided (None: not known yet)
+    _progress: Optional[float] = None  # progress of the last step decided
 
     def observe(self, gap: int, progress: float, error: float, diff: Optional[float]) -> None:
         """Take one measured (error, probe change) pair over `gap` steps at sampling `progress`."""
@@ -66,7 +80,29 @@ class ErrorFeedback:
         g = max(shorter)
         return math.exp(self.log_ratios[(g, bucket)]) * math.sqrt(gap / g)
 
-    def threshold(self, gap: int, progress: float) -> float:
-        """The probe change below which a reuse at `gap` steps keeps within the budget."""
+    def note_progress(self, progress: float) -> None:
+        """Take the progress of a decision: a larger one is a new step (the span is the difference),
+        an equal one the same step (another branch), a smaller one a new run (span unknown)."""
+        last = self._progress
+        if last is None or progress < last - 1e-9:
+            self.span = None
+        elif progress > last + 1e-9:
+            self.span = progress - last
+        self._progress = progress
+
+    def span_scale(self, span: Optional[float]) -> float:
+        """sqrt(REF_SPAN / span) within SPAN_SCALE (1 when the span is not known)."""
+        if span is None or not span > 0.0:
+            return 1.0
+        return min(SPAN_SCALE[1], max(SPAN_SCALE[0], math.sqrt(REF_SPAN / span)))
+
+    def threshold_at(self, gap: int, progress: float, span: Optional[float] = None) -> float:
+        """The probe change below which a reuse at `gap` steps, used for a step of `span`, keeps
+        within the budget (no state changes)."""
         r = self.ratio(gap, progress)
-        return self.initial_threshold if r is None else self.budget / r
+        return self.initial_threshold if r is None else self.budget * self.span_scale(span) / r
+
+    def threshold(self, gap: int, progress: float) -> float:
+        """The threshold of a decision at `progress` (called once per decision: notes its step span)."""
+        self.note_progress(progress)
+        return self.threshold_at(gap, progress, self.span)
