@@ -7,7 +7,9 @@ loader can feed accelerated and plain branches of the same workflow.
 from __future__ import annotations
 
 import cachedit
-from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS
+from cachedit.config import (ADAPTIVE_DEFAULT_TAYLORSEER_ORDER, ADAPTIVE_DEFAULTS, CACHE_DEVICES, DEFAULT_QUALITY,
+                             QUALITY_PRESETS)
+from cachedit.manager.distributed import POLICIES as DISTRIBUTED_POLICIES
 from cachedit.manager.strategies import STRATEGIES
 from comfy_api.latest import io
 
@@ -28,6 +30,10 @@ class CacheDitAccelerate(io.ComfyNode):
                         "Adaptive defaults; other models fall back to whole-step reuse.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to accelerate (from a loader, LoRA or any model node)."),
+                io.Combo.Input("preset", options=list(QUALITY_PRESETS), default=DEFAULT_QUALITY,
+                               tooltip="quality: closest to the uncached result. balanced: the default. fast: reuse "
+                                       "more. Each is an error budget the cache measures itself against, plus "
+                                       "per-model rules: few-step (distilled) runs, Wan 2.2's two experts, UNets."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
@@ -35,8 +41,8 @@ class CacheDitAccelerate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model) -> io.NodeOutput:
-        return io.NodeOutput(cachedit.enable_cache(model))
+    def execute(cls, model, preset: str = DEFAULT_QUALITY) -> io.NodeOutput:
+        return io.NodeOutput(cachedit.enable_cache(model, quality=preset))
 
 
 class CacheDitAdvancedConfig(io.ComfyNode):
@@ -91,6 +97,15 @@ class CacheDitAdvancedConfig(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Reuse only until this point of the denoising, measured in noise level "
                                        "(sigma) like start_percent."),
+                io.Combo.Input("cache_device", options=list(CACHE_DEVICES), default="auto",
+                               tooltip="Where the cached residuals are kept. auto: on the GPU unless ComfyUI is low "
+                                       "on VRAM, then in its offload memory (RAM). model: always beside the model. "
+                                       "cpu: always in RAM (copied to the GPU ahead of each reuse).", optional=True),
+                io.Combo.Input("distributed", options=list(DISTRIBUTED_POLICIES), default="auto",
+                               tooltip="Multi-GPU packs that run one torch.distributed rank per GPU: auto makes every "
+                                       "rank reuse the same steps (one small all-reduce per decision; needed when the "
+                                       "ranks share one image). off: each rank decides alone (ranks sampling "
+                                       "unrelated images). No effect in a single process.", optional=True),
             ],
             outputs=[
                 io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
@@ -119,13 +134,14 @@ class CacheDitAdvancedConfig(io.ComfyNode):
     @classmethod
     def execute(cls, model, strategy, skip_interval, warmup_steps, noise_scale, debug, residual_diff_threshold,
                 Fn_compute_blocks, Bn_compute_blocks, max_continuous_cached_steps, taylorseer, taylorseer_order,
-                start_percent, end_percent) -> io.NodeOutput:
+                start_percent, end_percent, cache_device: str = "auto", distributed: str = "auto") -> io.NodeOutput:
         patched = cachedit.enable_cache(
             model, strategy=strategy, skip_interval=skip_interval, warmup_steps=warmup_steps, noise_scale=noise_scale,
             debug=debug, start_percent=start_percent, end_percent=end_percent,
             Fn_compute_blocks=Fn_compute_blocks, Bn_compute_blocks=Bn_compute_blocks,
             residual_diff_threshold=residual_diff_threshold, max_continuous_cached_steps=max_continuous_cached_steps,
-            enable_taylorseer=bool(taylorseer), taylorseer_order=taylorseer_order if taylorseer else 0)
+            enable_taylorseer=bool(taylorseer), taylorseer_order=taylorseer_order if taylorseer else 0,
+            cache_device=cache_device, distributed=distributed)
         return io.NodeOutput(patched)
 
 

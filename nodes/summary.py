@@ -77,6 +77,11 @@ def _settings(engine: Any) -> tuple:
     return "Settings: " + ", ".join(en), "设置：" + "，".join(zh)
 
 
+def _mib(n: int) -> str:
+    """Bytes as MiB (GiB from 1 GiB on)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def summarize(model: Any) -> Summary:
     """The summary of a MODEL (a ModelPatcher; any model without CacheDit says so)."""
     entries = adapter.entries(model)
@@ -148,5 +153,14 @@ def summarize(model: Any) -> Summary:
         en.append(f"Since loading: {stats.runs} run{'s' if stats.runs != 1 else ''}, "
                   f"{100 * stats.estimated_compute_saved:.0f}% of the block work skipped.")
         zh.append(f"加载以来：{stats.runs} 次运行，省去 {100 * stats.estimated_compute_saved:.0f}% 的块计算。")
+    settings = getattr(engine, "run_settings", None)
+    if settings is not None:
+        en.append(f"Preset: {settings.label()} ({settings.family} model).")
+        zh.append(f"预设：{settings.label()}（{settings.family} 模型）。")
+    if stats.cache_bytes_by_device:
+        where = ", ".join(f"{_mib(n)} on {d}" for d, n in sorted(stats.cache_bytes_by_device.items()))
+        where_zh = "，".join(f"{d} 上 {_mib(n)}" for d, n in sorted(stats.cache_bytes_by_device.items()))
+        en.append(f"Cache memory: {where} (cache_device={engine.placement.mode}).")
+        zh.append(f"缓存占用：{where_zh}（缓存位置 {engine.placement.mode}）。")
     return Summary(en="\n".join(en), zh="\n".join(zh), record=record, title=title,
                    budget=getattr(engine.options, "error_budget", None))

@@ -7,6 +7,7 @@ from .cache_dit import (BasicCacheConfig, CacheType, CalibratorConfig, DBCacheCo
 from .options import (
     ADAPTIVE_DEFAULT_TAYLORSEER_ORDER,
     ADAPTIVE_DEFAULTS,
+    CACHE_DEVICES,
     DEFAULT_QUALITY,
     LEGACY_CACHE_KWARGS,
     LEGACY_CALIBRATOR_KWARGS,
@@ -18,7 +19,7 @@ from .options import (
 )
 
 __all__ = [
-    "ADAPTIVE_DEFAULTS", "ADAPTIVE_DEFAULT_TAYLORSEER_ORDER", "BasicCacheConfig", "DEFAULT_QUALITY", "QUALITY_PRESETS", "CacheOptions", "CacheType",
+    "ADAPTIVE_DEFAULTS", "ADAPTIVE_DEFAULT_TAYLORSEER_ORDER", "BasicCacheConfig", "CACHE_DEVICES", "DEFAULT_QUALITY", "QUALITY_PRESETS", "CacheOptions", "CacheType",
     "CalibratorConfig", "DBCacheConfig", "DBPruneConfig", "GlobalConfig", "LEGACY_CACHE_KWARGS", "LEGACY_CALIBRATOR_KWARGS",
     "TaylorSeerCalibratorConfig", "cache_type", "resolve_options", "strategy_names",
 ]

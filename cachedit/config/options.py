@@ -64,6 +64,7 @@ ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
 QUALITY_PRESETS = {"quality": 0.08, "balanced": 0.15, "fast": 0.25}
 QUALITY_ALIASES = {"high": "quality"}
 DEFAULT_QUALITY = "balanced"
+CACHE_DEVICES = ("auto", "model", "cpu")  # cache_device values
 
 # Legacy keyword arguments accepted by cache-dit's enable_cache, mapped to config fields.
 LEGACY_CACHE_KWARGS = (
@@ -94,6 +95,12 @@ class CacheOptions:
     error_budget: Optional[float] = None
     # torch.distributed: "auto" reduces adaptive decisions over the model's ranks, "off" never does
     distributed: str = "auto"
+    # where cached residuals live: "auto" (the model's device unless the framework is low on its
+    # memory, then its offload device), "model", "cpu" (see cachedit/manager/placement.py)
+    cache_device: str = "auto"
+    # the quality preset whose per-family run rules apply (config/presets.py); None: the user set
+    # the config, warmup or window, which the rules then leave alone
+    preset: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +128,10 @@ class CacheOptions:
             check_float("error_budget", self.error_budget, 1e-6, 1.0)
         if self.distributed not in ("auto", "off"):
             fail("distributed", self.distributed, "'auto' | 'off'")
+        if self.cache_device not in CACHE_DEVICES:
+            fail("cache_device", self.cache_device, " | ".join(repr(d) for d in CACHE_DEVICES))
+        if self.preset is not None and self.preset not in QUALITY_PRESETS:
+            fail("preset", self.preset, " | ".join(repr(q) for q in QUALITY_PRESETS))
         check_bool("log_runs", self.log_runs)
         if self.blocks is not None:
             check_blocks(self.blocks)
@@ -186,6 +197,7 @@ def resolve_options(
     error_budget: Optional[float] = None,
     quality: Optional[str] = None,
     distributed: Optional[str] = None,
+    cache_device: Optional[str] = None,
 ) -> CacheOptions:
     """Merge explicit arguments, cache-dit configs, legacy kwargs and global defaults.
 
@@ -253,7 +265,12 @@ def resolve_options(
         end_percent=1.0 if end_percent is None else end_percent,
         error_budget=_error_budget(error_budget, quality, strategy or global_config.default_strategy, user_tuned),
         distributed="auto" if distributed is None else distributed,
+        cache_device="auto" if cache_device is None else cache_device,
     )
+    if options.error_budget is not None and error_budget is None and not user_tuned and warmup_steps is None \
+            and start_percent is None and end_percent is None:
+        # the budget came from a preset and nothing it would change was set: family rules apply
+        options.preset = QUALITY_ALIASES.get(quality, quality) if quality is not None else DEFAULT_QUALITY
     if options.strategy in ("fixed", "dynamic") and not user_tuned and warmup_steps is None:
         # Step-schedule strategies keep a short warmup too; the DBCache threshold is unused.
         config.max_warmup_steps = ADAPTIVE_DEFAULTS["max_warmup_steps"]

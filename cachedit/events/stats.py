@@ -45,6 +45,7 @@ class CacheStats:
     estimated_compute_saved: float = 0.0  # fraction of block compute skipped
     runs: int = 0
     cache_bytes: int = 0
+    cache_bytes_by_device: Dict[str, int] = dataclasses.field(default_factory=dict)  # peak per device ("cuda:0", "cpu")
     # error feedback (last run, branch 0; cfg_* for other branches): at each computed step, the
     # relative error a reuse would have made there; at each decision, the threshold it compared with
     reuse_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -77,6 +78,7 @@ class _ModelCounters:
     error_budget: Optional[float] = None
     last_record: Any = None
     cache_bytes: int = 0
+    bytes_by_device: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _prune_fields(c: _ModelCounters, main: int) -> dict:
@@ -134,11 +136,14 @@ class StatsAggregator:
             c.last_pruned = {}
             c.last_actual = {}
 
-    def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0, **_: Any) -> None:
+    def _on_run_finished(self, key: int, *, record: Any = None, cache_bytes: int = 0,
+                         cache_bytes_by_device: Optional[Dict[str, int]] = None, **_: Any) -> None:
         with self._lock:
             c = self._counters(key)
             c.last_record = record
             c.cache_bytes = max(c.cache_bytes, cache_bytes)
+            for device, n in (cache_bytes_by_device or {}).items():
+                c.bytes_by_device[device] = max(c.bytes_by_device.get(device, 0), n)
 
     def _on_error(self, key: int, *, step: int, branch: int, error: float, budget: float, **_: Any) -> None:
         with self._lock:
@@ -217,6 +222,7 @@ class StatsAggregator:
                 estimated_compute_saved=(skipped / c.blocks_total) if c.blocks_total else 0.0,
                 runs=c.runs,
                 cache_bytes=c.cache_bytes,
+                cache_bytes_by_device=dict(c.bytes_by_device),
                 reuse_errors=dict(c.last_errors.get(main_branch, {})),
                 thresholds=dict(c.last_thresholds.get(main_branch, {})),
                 cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b != main_branch for k, v in d.items()},

@@ -123,6 +123,7 @@ class CallPlacer:
         self.refresh_every: Optional[int] = None  # DBCacheConfig.force_refresh_step_hint
         self.refresh_repeat = False  # force_refresh_step_policy == "repeat"
         self._run_ended = run_ended  # the engine's end-of-run work; returns the extra payload of run_finished
+        self.on_run_started: Optional[Callable[[RunState, CallRequest], None]] = None  # the engine's run-start work
 
     @property
     def tracker(self) -> RunTracker:
@@ -154,6 +155,8 @@ class CallPlacer:
             if reason:
                 if previous_run is not None:
                     self._announce_finished(previous_run)
+                if self.on_run_started is not None:
+                    self.on_run_started(run, request)
                 if bus.run_started.receivers:
                     bus.run_started.send(self.key, name=self.name, run=run.index, reason=reason)
             branch = run.branch(key)

@@ -22,6 +22,7 @@ from typing import Callable, Hashable, List, Optional, Sequence
 import torch
 
 from ..config import CacheOptions, cfg_compat
+from ..config.presets import RunInfo, RunSettings, apply_settings, plan_run
 from ..events import report
 from .block_prune import BlockPrune, prune_layout
 from .block_reuse import BlockReuse, Streams
@@ -31,6 +32,7 @@ from .decisions import Decider, Measured
 from .distributed import DecisionGroup
 from .feedback import ErrorFeedback
 from .layout import BlockLayout
+from .placement import CachePlacement, bytes_by_device
 from .step_reuse import StepReuse
 from .strategies import is_prune, make_strategy
 
@@ -52,11 +54,17 @@ class CacheEngine:
         self.enabled = True
         self._warned_warmup = False  # the one-time "warmup covers the whole run" warning was given
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
+        self.placer.on_run_started = self._run_started
+        self.family = "dit"  # config/presets.py: set by whoever enables the cache (from the model's class)
+        self.expert: Optional[str] = None  # Wan 2.2: "high" / "low" when the caller knows (presets.expert_of)
+        self.run_settings: Optional[RunSettings] = None  # what the preset chose for the current/last run
+        self.placement = CachePlacement(options.cache_device)
         self._configure(options, list_lengths, clone_inputs)
 
     def _configure(self, options: CacheOptions, list_lengths: Sequence[int], clone_inputs: bool) -> None:
         cfg = options.cache_config
-        self.options = options
+        self.options = self.base_options = options  # options: this run's (a preset's rules applied)
+        self.placement.mode = options.cache_device
         self.layout = prune_layout(options, list_lengths) if is_prune(options) else \
             BlockLayout.build(list_lengths, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks)
         self.feedback: Optional[ErrorFeedback] = None
@@ -80,7 +88,28 @@ class CacheEngine:
         cfg_compat.notice_run(self.options, len(run.branches))
         if run.executed_calls and not self._warned_warmup:
             self._warned_warmup = report.warn_warmup_covers_run(self, run.step + 1, run.record.reused)
-        return {"options": self.options, "middle_share": self.layout.middle_share}
+        setting = self.run_settings.label() if self.run_settings is not None else None
+        return {"options": self.options, "middle_share": self.layout.middle_share, "family": self.family,
+                "setting": setting, "cache_bytes_by_device": self.buffer_bytes_by_device(run)}
+
+    def expect_run(self, info: RunInfo) -> None:
+        """What the caller knows about the next run of this thread (ComfyUI: its sigmas)."""
+        self.placer.local.hint = info
+
+    def _run_started(self, run, request: CallRequest) -> None:
+        """A run starts: with a preset, its family rules pick this run's settings (presets.py)."""
+        hint = getattr(self.placer.local, "hint", None)
+        self.placer.local.hint = None
+        if self.base_options.preset is None:
+            return
+        info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)
+        if info.total_steps is None and run.total_steps is not None:
+            info = RunInfo(run.total_steps, info.start, info.end)
+        self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert)
+        self.options = apply_settings(self.base_options, self.run_settings)
+        self.strategy = self.decider.strategy = make_strategy(self.options, self.feedback)
+        if self.feedback is not None:
+            self.feedback.budget = self.options.error_budget
 
     def reconfigure(self, options: CacheOptions) -> None:
         """Switch to new options (the caller re-installs hooks: block roles may change)."""
@@ -182,12 +211,22 @@ class CacheEngine:
             self.current = None
         if failed:
             self.placer.abort(call)
-        elif not call.decided and self.pruner is not None:
+            return
+        if not call.decided and self.pruner is not None:
             self.placer.place(call)
             self.pruner.finish(call)  # DBPrune: the call's pruned blocks, recorded and announced
         elif not call.decided:
             # A model call that never reached the probe (no blocks ran): count it as computed.
             self._decide(call, None)
+        if self._offloaded(call):
+            self.placement.unstage(call.branch, computed=not call.reuse)  # residuals back to the cache's device
+
+    def _offloaded(self, call: CallState) -> bool:
+        """The cache of this call's branch lives off the model's device (block level only)."""
+        if self.placement.mode == "model" or self.layout.step_level or call.branch is None:
+            return False
+        signature = call.branch.signature
+        return bool(signature) and self.placement.offloaded(signature[2])
 
     def finish_run(self) -> None:
         """Close the current run explicitly (ComfyUI: end of sampling); the next call starts a new one."""
@@ -257,6 +296,10 @@ class CacheEngine:
             return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
         self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
+        if self._offloaded(call):
+            # the stored residuals go to the model's device now, ahead of the blocks that read them
+            reads = call.reuse or self.options.taylorseer_order > 0 or self.feedback is not None
+            self.placement.stage(branch, branch.signature[2], copy=reads)
         if call.reuse:
             if call.probe_owned:
                 self.buffers.give_back(probe)  # not kept: its memory takes the next probe
@@ -291,3 +334,11 @@ class CacheEngine:
         """Bytes of cached tensors held now, every thread's."""
         runs = [t.run for t in self.placer.all_trackers() if t.run is not None]
         return sum(b.nbytes() for b in self.placer.all_buffers()) + sum(r.buffer_bytes() for r in runs)
+
+    def buffer_bytes_by_device(self, ended=None) -> dict:
+        """Bytes of cached tensors held now per device ("cuda:0", "cpu"...), the probe buffers
+        included (`ended`: a run just closed, whose buffers are still held)."""
+        runs = [t.run for t in self.placer.all_trackers() if t.run is not None and t.run is not ended]
+        runs += [ended] if ended is not None else []
+        tensors = [t for b in self.placer.all_buffers() for t in (b.spare, b.scratch)]
+        return bytes_by_device(tensors + [t for r in runs for t in r.buffer_tensors()])

@@ -223,6 +223,8 @@ class CacheManager:
         stats.strategy = engine.options.strategy
         stats.level = engine.level
         stats.cache_bytes = max(stats.cache_bytes, engine.buffer_bytes())
+        for device, n in engine.buffer_bytes_by_device().items():
+            stats.cache_bytes_by_device[device] = max(stats.cache_bytes_by_device.get(device, 0), n)
         return stats
 
     def global_stats(self) -> dict:
@@ -239,7 +241,8 @@ class CacheManager:
                     "name": engine.name, "strategy": s.strategy, "level": s.level, "cache_hits": s.cache_hits,
                     "cache_misses": s.cache_misses, "hit_rate": s.hit_rate, "blocks_computed": s.blocks_computed,
                     "blocks_skipped": s.blocks_skipped, "estimated_compute_saved": s.estimated_compute_saved,
-                    "runs": s.runs, "cache_bytes": s.cache_bytes, "block_lists": lists,
+                    "runs": s.runs, "cache_bytes": s.cache_bytes,
+                    "cache_bytes_by_device": s.cache_bytes_by_device, "block_lists": lists,
                 }
         total = hits + misses
         return {"total_cache_hits": hits, "total_cache_misses": misses, "hit_rate": (hits / total) if total else 0.0,

@@ -70,6 +70,8 @@ class BranchState:
     output_rate: Optional[float] = None  # |d out| / |d in| measured between the last two computes
     rate_sums: Optional[List[torch.Tensor]] = None  # the sums behind the next output_rate, read at the next decision
     accumulated_change: float = 0.0
+    # cache placement (placement.py): while a call uses them on the model's device, the host tensors they came from
+    staged: Optional[List[Any]] = None
 
     def clear_buffers(self) -> None:
         """Drop every cached tensor (a shape/dtype/device change makes them meaningless)."""
@@ -84,6 +86,7 @@ class BranchState:
         self.last_computed_step = -1
         self.computed_record = None
         self.error_sums = None
+        self.staged = None
 
     def begin_step(self, step: int) -> None:
         """A new step starts for this branch: a computed previous step breaks the reuse streak."""
@@ -103,14 +106,18 @@ class BranchState:
         self.cached_steps.append(step)
         self.continuous_cached_steps += 1
 
-    def buffer_bytes(self) -> int:
-        """Bytes held by this branch's cached tensors."""
+    def buffer_tensors(self) -> List[Optional[torch.Tensor]]:
+        """This branch's cached tensors (aliases included)."""
         tensors = [self.probe, self.last_input, self.last_output]
         for streams in self.residuals.values():
             tensors.extend(streams.values())
         for series in self.taylor.values():
             tensors.extend(series.terms)
-        return tensor_bytes(tensors)
+        return tensors
+
+    def buffer_bytes(self) -> int:
+        """Bytes held by this branch's cached tensors."""
+        return tensor_bytes(self.buffer_tensors())
 
 
 @dataclasses.dataclass
@@ -149,6 +156,10 @@ class RunState:
         if timestep is not None and self.first_timestep:
             return min(1.0, max(0.0, 1.0 - timestep / self.first_timestep))
         return min(1.0, self.step / 27.0)  # unknown schedule: assume a common 28-step run
+
+    def buffer_tensors(self) -> List[Optional[torch.Tensor]]:
+        """Every branch's cached tensors."""
+        return [t for b in self.branches.values() for t in b.buffer_tensors()]
 
     def buffer_bytes(self) -> int:
         """Bytes held by every branch of this run."""

@@ -31,6 +31,11 @@ class _Handle:
         self._neg: List[float] = []
         self._last = 0
         self.progress = SigmaProgress()  # progress(model_sampling, sigma) -> ComfyUI's percent
+        # memory.py: the cache's bytes per latent element on the last run (None before one), the share
+        # of them that stays on the model's device with an offloaded cache, and this run's plan
+        self.bytes_per_element: Optional[float] = None
+        self.probe_share = 0.5
+        self.planned: Optional[dict] = None
 
     def set_schedule(self, sigmas: Any, from_outer_sample: bool = True) -> None:
         """Record a run's sigmas (one device->host copy per run)."""

@@ -1,0 +1,150 @@
+"""Presets: one word (`quality`, `balanced`, `fast`) turned into what a run needs, per model family.
+
+A preset is an error budget (QUALITY_PRESETS: the relative error a reused step may make, which
+error feedback holds by moving the threshold). What a budget cannot express is decided per run
+from the model's *family* (detected from its class) and what the run looks like at its start
+(its number of steps, which part of the denoising it covers), each rule taken from published
+settings of cache-dit and the peers (sources in README "Presets"):
+
+- **few-step runs** (<= FEW_STEPS steps: FLUX schnell, LCM / Lightning / Turbo LoRAs, Z-Image-Turbo,
+  CausVid): the warmup is a share of the run, not 3 steps (cache-dit's 8-step steps masks
+  compute the first 5 / 4 / 3 steps for slow / medium / fast; its Qwen-Image-Lightning example
+  warms up 4 of 8 steps and 2 of 4), reuse never twice in a row and at most 1-3 times a run
+  (the same example: max_continuous_cached_steps=1, max_cached_steps=2 for 8 steps, 1 for 4);
+- **Wan 2.2's two experts** (each its own model, so each its own cache; a run that covers only
+  the start of the denoising is the high-noise expert, one that starts late the low-noise
+  expert): cache-dit's Wan 2.2 example gives the high-noise transformer 4 warmup steps and at most
+  8 reused steps, the low-noise one 2 warmup steps;
+- **UNets** (SDXL, SD1.5: no transformer blocks, whole steps are reused): the window of ComfyUI's
+  own EasyCache, reuse only between 15% and 95% of the denoising.
+
+Everything else (FLUX dev, Qwen-Image, HunyuanVideo, ...) runs the budget with the adaptive
+defaults. Rules apply only to what the user did not set: any cache config, warmup or window
+given explicitly turns them off (`CacheOptions.preset` is None then).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, Optional
+
+from .options import ADAPTIVE_DEFAULTS, QUALITY_PRESETS
+
+FEW_STEPS = 10  # a run of at most this many steps is a distilled few-step run
+# Warmup share of a few-step run per preset (cache-dit's 8-step masks: 5/8, 4/8, 3/8 computed first).
+FEW_STEP_WARMUP_SHARE = {"quality": 5 / 8, "balanced": 4 / 8, "fast": 3 / 8}
+# At most this many reused steps in a few-step run of <= 4 / more steps (cache-dit: 1 / 2 at medium).
+FEW_STEP_MAX_CACHED = {"quality": (1, 1), "balanced": (1, 2), "fast": (1, 3)}
+WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's Wan 2.2 example
+WAN_LOW_NOISE = {"max_warmup_steps": 2}
+UNET_WINDOW = (0.15, 0.95)  # ComfyUI's EasyCache defaults (start_percent, end_percent)
+SPLIT_MARGIN = 0.02  # a run starting after / ending before this share of the denoising is a split run
+
+# Family by class name (ComfyUI's diffusion model or BaseModel class, diffusers' transformer / unet class).
+FAMILIES = {
+    "Flux": "flux", "FluxTransformer2DModel": "flux", "Flux2": "flux", "Flux2Transformer2DModel": "flux",
+    "Chroma": "flux", "ChromaTransformer2DModel": "flux",
+    "WanModel": "wan", "VaceWanModel": "wan", "WanTransformer3DModel": "wan",
+    "QwenImageTransformer2DModel": "qwen-image", "HunyuanVideo": "hunyuan-video",
+    "HunyuanVideoTransformer3DModel": "hunyuan-video", "LTXVModel": "ltxv", "LTXVideoTransformer3DModel": "ltxv",
+    "MMDiT": "sd3", "SD3Transformer2DModel": "sd3", "NextDiT": "lumina2", "Lumina2Transformer2DModel": "lumina2",
+    "ZImageTransformer2DModel": "lumina2", "HiDreamImageTransformer2DModel": "hidream",
+    "UNetModel": "unet", "UNet2DConditionModel": "unet",
+}
+
+
+def detect_family(model: Any) -> str:
+    """The family of a model object: its class or the first base class listed in FAMILIES
+    ("dit" for an unknown transformer; the caller says "unet" for an unknown step-level model)."""
+    for cls in type(model).__mro__:
+        family = FAMILIES.get(cls.__name__)
+        if family is not None:
+            return family
+    return "dit"
+
+
+def family_of(model: Any, step_level: bool = False) -> str:
+    """`detect_family`, with an unknown model cached at step level counted as a UNet."""
+    family = detect_family(model)
+    return "unet" if family == "dit" and step_level else family
+
+
+def expert_of(index: int, count: int, family: str) -> Optional[str]:
+    """Which Wan 2.2 expert the `index`-th of a pipeline's `count` transformers is ("high" for
+    `transformer`, "low" for `transformer_2`, as diffusers' WanPipeline runs them); None otherwise."""
+    if family != "wan" or count != 2:
+        return None
+    return "high" if index == 0 else "low"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What is known about a run when it starts."""
+
+    total_steps: Optional[int] = None  # steps of this run (None: unknown until it ends)
+    start: float = 0.0  # share of the whole denoising done when it starts (ComfyUI: from the sigmas)
+    end: Optional[float] = None  # share done when it ends (None: unknown, taken as the end)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What a preset sets for one run: the budget, and the config fields a family rule changed."""
+
+    preset: str
+    family: str
+    rule: str  # "standard" | "few-step" | "high-noise expert" | "low-noise expert" | "step level"
+    budget: float
+    config: dict  # DBCacheConfig fields changed by the rule
+    window: Optional[tuple] = None  # (start_percent, end_percent) when the rule sets one
+
+    def label(self) -> str:
+        """What the per-run log line and the stats node say, e.g. `balanced, few-step: warmup 4 ...`."""
+        parts = [f"budget {self.budget:g}"]
+        names = {"max_warmup_steps": "warmup", "max_continuous_cached_steps": "max in a row",
+                 "max_cached_steps": "max reused"}
+        parts += [f"{names[k]} {v}" for k, v in self.config.items()]
+        if self.window is not None:
+            parts.append(f"window {self.window[0]:g}-{self.window[1]:g}")
+        return f"{self.preset}, {self.rule}: " + ", ".join(parts)
+
+
+def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
+             expert: Optional[str] = None) -> RunSettings:
+    """The settings of one run of a `family` model at `preset` (see the module docstring).
+    `expert`: "high" / "low" when the caller knows which Wan 2.2 expert this is (a diffusers
+    pipeline's transformer / transformer_2); else a Wan run's span of the denoising says it."""
+    if preset not in QUALITY_PRESETS:
+        raise ValueError(f"preset={preset!r} is invalid; allowed: {' | '.join(repr(p) for p in QUALITY_PRESETS)}")
+    budget = QUALITY_PRESETS[preset]
+    steps = run.total_steps
+    span = (1.0 if run.end is None else run.end) - run.start  # a split run (one Wan expert) covers part of it
+    whole = steps / span if steps and span > 0.05 else steps  # the steps of the whole denoising, about
+    if steps is not None and 0 < steps and whole <= FEW_STEPS + 0.5:
+        warmup = min(steps - 1, max(1, math.ceil(FEW_STEP_WARMUP_SHARE[preset] * steps)))
+        short, longer = FEW_STEP_MAX_CACHED[preset]
+        config = {"max_warmup_steps": warmup, "max_continuous_cached_steps": 1,
+                  "max_cached_steps": short if steps <= 4 else longer}
+        return RunSettings(preset, family, "few-step", budget, config)
+    if family == "wan":
+        if expert == "low" or (expert is None and run.start > SPLIT_MARGIN):
+            return RunSettings(preset, family, "low-noise expert", budget, dict(WAN_LOW_NOISE))
+        if expert == "high" or (run.end is not None and run.end < 1.0 - SPLIT_MARGIN):
+            return RunSettings(preset, family, "high-noise expert", budget, dict(WAN_HIGH_NOISE))
+    if step_level or family == "unet":
+        return RunSettings(preset, family, "step level", budget, {}, UNET_WINDOW)
+    return RunSettings(preset, family, "standard", budget,
+                       {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]})
+
+
+def apply_settings(options: Any, settings: RunSettings) -> Any:
+    """A copy of `options` (CacheOptions) with a run's settings applied."""
+    out = copy.copy(options)  # shallow: `blocks` may hold the model's own ModuleLists
+    out.cache_config = copy.copy(options.cache_config)
+    out.error_budget = settings.budget
+    for key, value in settings.config.items():
+        setattr(out.cache_config, key, value)
+    if settings.window is not None:
+        out.start_percent, out.end_percent = settings.window
+    return out.validate()

@@ -1,0 +1,184 @@
+"""Cache placement (cache_device) and presets (per-family run rules), on the CPU.
+
+The copy path of placement only runs when the cache lives off the model's device; with no GPU
+here, a fake device map (the placement told the model is elsewhere) drives it on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import cachedit
+from cachedit.config import QUALITY_PRESETS, resolve_options
+from cachedit.config.options import GlobalConfig
+from cachedit.config.presets import RunInfo, detect_family, family_of, plan_run
+from cachedit.manager import placement as placement_mod
+from cachedit.manager.placement import CachePlacement, bytes_by_device
+from tests.tiny_dits import DIM, TwoListDiT
+
+
+def _sample(model, steps: int = 12, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, DIM, generator=g)
+    e = torch.randn(batch, 4, DIM, generator=g)
+    outs = []
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((batch,), 1000.0 * (1 - i / steps))
+            v = model(x, e, t)
+            x = x - v / steps
+            outs.append(x.clone())
+    return outs
+
+
+def _opts(**kw):
+    return resolve_options(None, None, strategy=None, skip_interval=None, warmup_steps=kw.pop("warmup_steps", None),
+                           noise_scale=None, debug=None, global_config=GlobalConfig(), legacy={}, **kw)
+
+
+# -- cache_device -----------------------------------------------------------------------------------
+
+def test_cache_device_invalid_value_names_parameter_and_allowed():
+    with pytest.raises(ValueError, match=r"cache_device='gpu'.*'auto' \| 'model' \| 'cpu'"):
+        cachedit.enable_cache(TwoListDiT(), cache_device="gpu")
+    with pytest.raises(ValueError, match="cache_device"):
+        cachedit.CacheOptions(cache_device=3)
+
+
+def test_device_for_follows_mode_and_auto_device():
+    p = CachePlacement("model")
+    assert p.device_for(torch.device("cpu")) == torch.device("cpu") and not p.offloaded(torch.device("cpu"))
+    assert CachePlacement("cpu").device_for(torch.device("cuda:1")) == torch.device("cpu")
+    assert CachePlacement("cpu").offloaded(torch.device("cuda:1"))
+    auto = CachePlacement("auto")
+    assert auto.device_for(torch.device("cuda:0")) == torch.device("cuda:0")  # the model's device by default
+    auto.auto_device = torch.device("cpu")  # an adapter saw low VRAM
+    assert auto.device_for(torch.device("cuda:0")) == torch.device("cpu") and auto.offloaded(torch.device("cuda:0"))
+    assert placement_mod.same_device(torch.device("cpu"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("taylorseer", [True, False])
+def test_cpu_cache_is_bit_identical_to_model_placement(monkeypatch, taylorseer):
+    """Fake device map: the placement believes the model is elsewhere, so every residual is staged
+    to the model's device after each decision and put back after the call, as on a GPU."""
+    kwargs = {} if taylorseer else {"enable_taylorseer": False, "quality": "balanced", "Fn_compute_blocks": 1,
+                                    "residual_diff_threshold": 0.24, "max_warmup_steps": 3}
+    reference = TwoListDiT()
+    cachedit.enable_cache(reference, cache_device="model", **kwargs)
+    expected = _sample(reference)
+    stats_ref = cachedit.summary(reference, logging=False)[0]
+
+    monkeypatch.setattr(CachePlacement, "offloaded", lambda self, device: self.mode == "cpu")
+    model = TwoListDiT()
+    cachedit.enable_cache(model, cache_device="cpu", **kwargs)
+    engine = cachedit.get_manager().entry(model).engine
+    got = _sample(model)
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b)
+    stats = cachedit.summary(model, logging=False)[0]
+    assert stats.cached_steps == stats_ref.cached_steps and stats.cached_steps
+    assert engine.placement.copies > 0
+    assert set(stats.cache_bytes_by_device) == {"cpu"} and sum(stats.cache_bytes_by_device.values()) > 0
+    per_model = [m for m in cachedit.get_global_stats()["models"].values() if m["name"] == "TwoListDiT"]
+    assert all("cache_bytes_by_device" in m for m in per_model)
+
+
+def test_unstage_after_reuse_puts_host_tensors_back(monkeypatch):
+    monkeypatch.setattr(CachePlacement, "offloaded", lambda self, device: True)
+    model = TwoListDiT()
+    cachedit.enable_cache(model, cache_device="cpu")
+    engine = cachedit.get_manager().entry(model).engine
+    hosts = {}
+
+    def spy_stage(self, branch, device, copy=True, _orig=CachePlacement.stage):
+        _orig(self, branch, device, copy)
+        hosts.update({slot: t for slot, t in (branch.staged or [])})
+
+    monkeypatch.setattr(CachePlacement, "stage", spy_stage)
+    _sample(model, steps=10)
+    assert hosts and engine.placement.copies >= len(hosts)
+
+
+def test_bytes_by_device_counts_aliases_once():
+    a = torch.zeros(4, 4)
+    assert bytes_by_device([a, a, None, torch.zeros(2)]) == {"cpu": 64 + 8}
+
+
+# -- presets ------------------------------------------------------------------------------------------
+
+def test_preset_maps_to_budget_and_rules_only_with_defaults():
+    for name, budget in QUALITY_PRESETS.items():
+        o = _opts(quality=name)
+        assert o.error_budget == budget and o.preset == name
+    assert _opts().preset == "balanced"
+    assert _opts(quality="fast", warmup_steps=5).preset is None  # the user set the warmup: rules stay out
+    assert _opts(error_budget=0.1).preset is None
+    with pytest.raises(ValueError, match=r"preset='turbo'.*'quality' \| 'balanced' \| 'fast'"):
+        plan_run("turbo", "flux", RunInfo())
+
+
+def _dm(name: str):
+    return type(name, (torch.nn.Module,), {})()
+
+
+def test_family_detection_by_class():
+    assert detect_family(_dm("Flux")) == "flux" and detect_family(_dm("FluxTransformer2DModel")) == "flux"
+    assert detect_family(_dm("WanModel")) == "wan" and detect_family(_dm("WanTransformer3DModel")) == "wan"
+    assert detect_family(_dm("UNetModel")) == "unet" and detect_family(_dm("UNet2DConditionModel")) == "unet"
+    assert detect_family(_dm("SomethingNew")) == "dit" and family_of(_dm("SomethingNew"), step_level=True) == "unet"
+    sub = type("MyFlux", (type(_dm("Flux")),), {})()
+    assert detect_family(sub) == "flux"
+
+
+@pytest.mark.parametrize("preset,steps,warmup,max_cached", [
+    ("balanced", 4, 2, 1), ("balanced", 8, 4, 2), ("quality", 8, 5, 1), ("fast", 8, 3, 3), ("fast", 4, 2, 1)])
+def test_few_step_runs_get_a_warmup_share(preset, steps, warmup, max_cached):
+    s = plan_run(preset, "flux", RunInfo(total_steps=steps))
+    assert s.rule == "few-step" and s.budget == QUALITY_PRESETS[preset]
+    assert s.config == {"max_warmup_steps": warmup, "max_continuous_cached_steps": 1, "max_cached_steps": max_cached}
+
+
+def test_wan_experts_unets_and_standard():
+    assert plan_run("balanced", "wan", RunInfo(20, 0.0, 0.5)).rule == "high-noise expert"
+    assert plan_run("balanced", "wan", RunInfo(20, 0.0, 0.5)).config == {"max_warmup_steps": 4, "max_cached_steps": 8}
+    assert plan_run("balanced", "wan", RunInfo(20, 0.5, 1.0)).config == {"max_warmup_steps": 2}
+    assert plan_run("balanced", "wan", RunInfo(20, 0.0, 1.0)).rule == "standard"  # Wan 2.1 / 2.2 5B: one model
+    assert plan_run("balanced", "wan", RunInfo(30), expert="low").rule == "low-noise expert"
+    assert plan_run("balanced", "flux", RunInfo(20, 0.5, 1.0)).rule == "standard"  # only Wan has experts
+    unet = plan_run("quality", "unet", RunInfo(30), step_level=True)
+    assert unet.rule == "step level" and unet.window == (0.15, 0.95) and unet.budget == 0.08
+    assert "few-step" in plan_run("fast", "flux", RunInfo(4)).label()
+
+
+def test_few_step_run_in_library_and_log_line(caplog):
+    model = TwoListDiT()
+    cachedit.enable_cache(model, quality="balanced", name="schnell")
+    engine = cachedit.get_manager().entry(model).engine
+    engine.options.log_runs = True
+    cachedit.get_manager().logs.set_model(engine.key, debug=False, log_runs=True)
+    engine.expect_run(RunInfo(total_steps=8))
+    with caplog.at_level(logging.INFO, logger="cachedit"):
+        _sample(model, steps=8)
+        engine.finish_run()
+    assert engine.options.cache_config.max_warmup_steps == 4 and engine.base_options.cache_config.max_warmup_steps == 3
+    lines = [r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage()]
+    assert lines and "family='flux'" not in lines[0]  # TwoListDiT is no known class
+    assert "family='dit'" in lines[0] and "few-step: budget 0.15, warmup 4, max in a row 1, max reused 2" in lines[0]
+    record = cachedit.get_manager().stats.last_record(engine.key)
+    assert not any(s.reused for s in record.steps if s.step < 4)
+
+
+def test_wan_pipeline_experts_tagged():
+    class Pipe:
+        pass
+
+    WanT = type("WanTransformer3DModel", (TwoListDiT,), {})
+    pipe = Pipe()
+    pipe.transformer, pipe.transformer_2 = WanT(), WanT(seed=1)
+    cachedit.enable_cache(pipe)
+    high = cachedit.get_manager().entry(pipe.transformer).engine
+    low = cachedit.get_manager().entry(pipe.transformer_2).engine
+    assert (high.family, high.expert, low.expert) == ("wan", "high", "low")
