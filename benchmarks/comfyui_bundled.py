@@ -6,7 +6,7 @@ The bundled digits model is converted into ComfyUI's own Flux class (ComfyUI's c
 sampled through comfy.sample (28 steps, CFG 3, cond and uncond batched as ComfyUI does), uncached
 and through exactly what the CacheDit Accelerate node does. Timings are medians of interleaved
 repeats. Writes benchmarks/results/comfyui_bundled.md and the Detailed Stats node's chart of the
-first row to benchmarks/results/comfyui_stats_chart.png.
+first row to benchmarks/results/comfyui_stats_chart.png (`--chart-only`: that row alone, once, for the chart).
 """
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_bundled.md"))
+    parser.add_argument("--chart-only", action="store_true",
+                        help="only the first row, once, to redraw results/comfyui_stats_chart.png (no table written)")
     args = parser.parse_args(argv)
+    if args.chart_only:
+        args.repeats = 1
     _setup_comfy()
     torch.set_num_threads(args.threads)
     import cachedit
@@ -68,7 +72,7 @@ def main(argv=None) -> None:
     rows = []
     chart_saved = False
     cases = [("euler", 8, 16), ("heun", 8, 16), ("dpmpp_2m", 8, 16), ("euler", 1, 16), ("euler", 4, 16),
-             ("euler, 16px then 24px", 8, (16, 24))]
+             ("euler, 16px then 24px", 8, (16, 24))][:1 if args.chart_only else None]
     for sampler_label, batch, sizes in cases:
         sampler = sampler_label.split(",")[0]
         labels = torch.arange(batch) % 10
@@ -111,6 +115,8 @@ def main(argv=None) -> None:
                      f"{r['acc_ref']:.3f} → {r['acc']:.3f} |")
     text = "\n".join(lines)
     print(text)
+    if args.chart_only:
+        return
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write(text + "\n")
