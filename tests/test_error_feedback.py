@@ -105,7 +105,11 @@ def test_errors_are_measured_and_fed_back_with_the_decision_sync(tiny_flux):
     """Every computed step after the first measures the error a reuse would have made there; it is
     read with the next decision's probe (one host copy per decision) and moves the threshold."""
     measured = []
-    bus.error_measured.connect(lambda key, **p: measured.append(p), weak=False)
+
+    def on_error(key, **p):
+        measured.append(p)
+
+    bus.error_measured.connect(on_error, weak=False)
     reads = {"n": 0}
     original = torch.Tensor.tolist
 
@@ -119,7 +123,7 @@ def test_errors_are_measured_and_fed_back_with_the_decision_sync(tiny_flux):
         sample(tiny_flux, steps=10)
     finally:
         torch.Tensor.tolist = original
-        bus.error_measured.receivers.clear()
+        bus.error_measured.disconnect(on_error)  # only this test's receiver: the stats aggregator stays
     s = cachedit.summary(tiny_flux, logging=False)[0]
     computed = [i for i in range(10) if i not in s.cached_steps]
     assert reads["n"] == 9  # one per decision with a previous probe (steps 1..9), errors included
