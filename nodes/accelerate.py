@@ -122,7 +122,7 @@ class CacheDitAdvancedConfig(io.ComfyNode):
         (None here) is checked when the node runs."""
         values = {"start_percent": start_percent, "end_percent": end_percent, "noise_scale": noise_scale,
                   "residual_diff_threshold": residual_diff_threshold}
-        bounds = {i.id: (i.min, i.max) for i in cls.GET_SCHEMA().inputs if i.id in values}
+        bounds = {i.id: (i.min, i.max) for i in cls.define_schema().inputs if i.id in values}  # not GET_SCHEMA: the server locks the class
         for name, value in values.items():
             low, high = bounds[name]
             if value is not None and not low <= value <= high:  # False for NaN
