@@ -31,54 +31,13 @@ from .manager import get_manager
 from .manager.blocks import NoBlocksFoundError
 from .manager.manager import ListSpec
 from .manager.patterns import PatternCodec
+from .targets import check_flag, check_target, entries_of, is_comfy_patcher, targets_of
 
 logger = logging.getLogger("cachedit")
 
 # cache-dit arguments CacheDit accepts and ignores (it runs no parallelism/quantization of its own).
 _IGNORED_CACHE_DIT_KWARGS = ("attention_backend", "quantize_config", "cache_type",
                              "extra_cache_config")
-_TRANSFORMER_ATTRS = ("transformer", "transformer_2", "transformer_3")
-
-
-def _is_comfy_patcher(obj: Any) -> bool:
-    return hasattr(obj, "model_options") and hasattr(obj, "clone") and hasattr(obj, "model")
-
-
-# Values that are never a model: refused by name instead of "not accelerated" (as cache-dit refuses them).
-_NOT_A_MODEL = (type(None), bool, int, float, complex, str, bytes)
-
-
-def _check_target(obj: Any, function: str) -> None:
-    if isinstance(obj, _NOT_A_MODEL):
-        raise ValueError(f"obj={obj!r} is invalid for {function}(); allowed: a diffusers DiffusionPipeline, a torch.nn.Module, "
-                         f"a cachedit.BlockAdapter, or a ComfyUI ModelPatcher")
-
-
-def _check_flag(function: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is invalid for {function}(); allowed: True or False")
-
-
-def _targets(obj: Any) -> List[nn.Module]:
-    """The modules to accelerate in `obj`: a BlockAdapter's transformer(s), the transformers a
-    BlockAdapter linked to this pipeline, a pipeline's transformer(s) (or UNet), or `obj` itself."""
-    if isinstance(obj, BlockAdapter):
-        return obj.transformers()
-    if isinstance(obj, nn.Module):
-        return [obj]
-    linked = get_manager().pipe_modules(obj)
-    if linked:
-        return linked
-    found = [getattr(obj, a) for a in _TRANSFORMER_ATTRS if isinstance(getattr(obj, a, None), nn.Module)]
-    if not found and isinstance(getattr(obj, "unet", None), nn.Module):
-        found = [obj.unet]
-    if not found:
-        raise ValueError(
-            f"obj={type(obj).__name__} is not supported; allowed: a diffusers DiffusionPipeline (with a transformer "
-            f"or unet), a torch.nn.Module, a cachedit.BlockAdapter, or a ComfyUI ModelPatcher")
-    return found
-
-
 def enable_cache(
     obj: Any,
     cache_config: Optional[BasicCacheConfig] = None,
@@ -136,7 +95,7 @@ def enable_cache(
             f"{', '.join(LEGACY_CACHE_KWARGS + LEGACY_CALIBRATOR_KWARGS)}")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name={name!r} is invalid; allowed: a string (the model's name in stats and logs) or None")
-    _check_target(obj, "enable_cache")
+    check_target(obj, "enable_cache")
     ignored = [k for k in legacy if k in _IGNORED_CACHE_DIT_KWARGS and legacy[k] is not None]
     if ignored:
         logger.warning("cachedit: ignoring cache-dit arguments %s (CacheDit sets no attention backend and quantizes nothing)", ignored)
@@ -148,7 +107,7 @@ def enable_cache(
         noise_scale=noise_scale, debug=debug, global_config=manager.global_config, legacy=legacy, blocks=blocks,
         start_percent=start_percent, end_percent=end_percent, error_budget=error_budget, quality=quality,
         distributed=distributed, cache_device=cache_device)
-    if _is_comfy_patcher(obj):
+    if is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415 (ComfyUI is only importable inside ComfyUI)
 
         if parallelism_config is not None:
@@ -161,13 +120,13 @@ def enable_cache(
     if isinstance(obj, BlockAdapter):
         return _enable_adapter(obj, options, params_modifiers, name, process_group)
     modifiers = flatten_modifiers(params_modifiers)
-    targets = _targets(obj)
-    for i, module in enumerate(targets):
+    modules = targets_of(obj)
+    for i, module in enumerate(modules):
         module_options = modifiers[i].apply(options) if i < len(modifiers) else copy.deepcopy(options)
         entry = manager.accelerate_module(module, module_options, name=name if i == 0 else None,
                                           process_group=process_group)
         entry.engine.family = family_of(module, entry.engine.step_level)  # what a preset's rules go by
-        entry.engine.expert = expert_of(i, len(targets), entry.engine.family)
+        entry.engine.expert = expert_of(i, len(modules), entry.engine.family)
         report.warn_setup(entry.engine)
     return obj
 
@@ -176,7 +135,7 @@ def _parallelize(obj: Any, parallelism_config: Any) -> None:
     """Shard every transformer enable_cache is about to cache (cachedit/parallel)."""
     from .parallel import parallelize  # noqa: PLC0415 (torch.distributed.tensor only when asked for)
 
-    modules = obj.transformers() if isinstance(obj, BlockAdapter) else _targets(obj)
+    modules = obj.transformers() if isinstance(obj, BlockAdapter) else targets_of(obj)
     for module in modules:
         parallelize(module, parallelism_config)
 
@@ -218,31 +177,18 @@ def disable_cache(obj: Any) -> Any:
     enabled it. Pipelines and modules are restored in place and returned (a no-op for objects never
     accelerated); for a ComfyUI ModelPatcher a clean clone is returned (ComfyUI nodes never modify
     their input), so use the return value."""
-    _check_target(obj, "disable_cache")
-    if _is_comfy_patcher(obj):
+    check_target(obj, "disable_cache")
+    if is_comfy_patcher(obj):
         from .adapters import comfyui  # noqa: PLC0415
 
         return comfyui.disable(obj)
     manager = get_manager()
-    for module in _targets(obj):
+    for module in targets_of(obj):
         manager.release(module)
     pipe = obj.pipe if isinstance(obj, BlockAdapter) else obj
     if pipe is not None and not isinstance(pipe, nn.Module):
         manager.unlink_pipe(pipe)
     return obj
-
-
-def _entries_of(obj: Any) -> list:
-    manager = get_manager()
-    if _is_comfy_patcher(obj):
-        from .adapters import comfyui  # noqa: PLC0415
-
-        return comfyui.entries(obj)
-    try:
-        modules = _targets(obj)
-    except ValueError:
-        return []
-    return [e for e in (manager.entry(m) for m in modules) if e is not None]
 
 
 def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any) -> List[CacheStats]:
@@ -251,11 +197,11 @@ def summary(obj: Any, details: bool = False, logging: bool = True, **kwargs: Any
     cache-dit's statistics table through the "cachedit" logger; `details=True` adds the reused
     steps and every step's measured diff. `obj=None` gives one empty CacheStats, as in cache-dit;
     other keyword arguments are accepted and ignored, as in cache-dit."""
-    _check_flag("summary", "details", details)
-    _check_flag("summary", "logging", logging)
+    check_flag("summary", "details", details)
+    check_flag("summary", "logging", logging)
     manager = get_manager()
     results: List[CacheStats] = []
-    for entry in _entries_of(obj):
+    for entry in entries_of(obj):
         for engine in entry.engines:
             stats = manager.snapshot(entry, engine)
             results.append(stats)
@@ -289,8 +235,8 @@ def strify(obj: Any) -> str:
         elif opts["cache_config"] is not None and not isinstance(opts["cache_config"], BasicCacheConfig):
             raise ValueError(f"cache_config={opts['cache_config']!r} is invalid for strify(); allowed: a DBCacheConfig")
     else:
-        _check_target(obj, "strify")
-        entries = _entries_of(obj)
+        check_target(obj, "strify")
+        entries = entries_of(obj)
         if not entries:
             return ""
         stats = summary(obj, logging=False)[0]
@@ -312,10 +258,10 @@ def refresh_context(obj: Any, **kwargs: Any) -> Any:
     `num_inference_steps=`, any DBCacheConfig field, the TaylorSeer keys (`enable_taylorseer=`,
     `taylorseer_order=`...), or `cache_config=` / `calibrator_config=`. Accepts what enable_cache
     accepted (a pipeline, transformer or BlockAdapter); every block list's context is refreshed."""
-    _check_target(obj, "refresh_context")
+    check_target(obj, "refresh_context")
     if "verbose" in kwargs:
-        _check_flag("refresh_context", "verbose", kwargs.pop("verbose"))
-    entries = _entries_of(obj)
+        check_flag("refresh_context", "verbose", kwargs.pop("verbose"))
+    entries = entries_of(obj)
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache first")
     unknown = [k for k in kwargs if k not in LEGACY_CACHE_KWARGS + CALIBRATOR_KEYS + ("cache_config", "calibrator_config")]
@@ -387,8 +333,8 @@ def reset_cache_stats(obj: Any = None) -> None:
     if obj is None:
         manager.stats.reset()
         return
-    _check_target(obj, "reset_cache_stats")
-    entries = _entries_of(obj)
+    check_target(obj, "reset_cache_stats")
+    entries = entries_of(obj)
     if not entries:
         raise ValueError(f"obj={type(obj).__name__} is not accelerated; allowed: an object passed to enable_cache, or None")
     for entry in entries:

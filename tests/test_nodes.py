@@ -112,6 +112,39 @@ def test_root_package_in_old_comfyui_warns_what_to_update(tmp_path):
         result.stderr[-3000:]
 
 
+@pytest.mark.parametrize("missing", ["blinker", "structlog"])
+def test_root_package_without_its_requirements_says_how_to_install_them(tmp_path, missing):
+    """Copied into custom_nodes without `pip install -r requirements.txt`: no traceback, nothing
+    registered, one WARNING with the pip command (a fresh process: a stand-in comfy_api, the
+    requirement made unimportable)."""
+    api = tmp_path / "comfy_api" / "latest"
+    api.mkdir(parents=True)
+    (tmp_path / "comfy_api" / "__init__.py").write_text("")
+    (api / "__init__.py").write_text("ComfyExtension = object\nio = None\n")
+    script = textwrap.dedent(f"""
+        import importlib.util, logging, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        sys.modules[{missing!r}] = None  # import {missing} raises ImportError(name={missing!r})
+        for name in [m for m in sys.modules if m == "cachedit" or m.startswith("cachedit.")]:
+            del sys.modules[name]
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+        spec = importlib.util.spec_from_file_location("pack", {os.path.join(REPO, "__init__.py")!r},
+                                                      submodule_search_locations=[{REPO!r}])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pack"] = module
+        spec.loader.exec_module(module)
+        print("MAPPINGS", module.NODE_CLASS_MAPPINGS, hasattr(module, "comfy_entrypoint"))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_PATH")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MAPPINGS {} False" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING cachedit ")]
+    assert len(warnings) == 1 and f"need the Python package '{missing}'" in warnings[0] and \
+        "-m pip install -r" in warnings[0] and "requirements.txt" in warnings[0], result.stderr[-3000:]
+
+
 def test_root_package_inside_comfyui_exports_the_four_nodes():
     if not _has_comfy():
         pytest.skip("node definitions import ComfyUI's comfy_api (run tests/comfyui with COMFYUI_PATH set for the "
