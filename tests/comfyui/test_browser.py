@@ -81,7 +81,10 @@ class ComfyServer:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.2)  # poll interval, bounded by the deadline above
+            try:  # poll interval, bounded by the deadline above; returns at once if ComfyUI exits
+                self.process.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
 
     def stop(self) -> None:
         self.process.terminate()
