@@ -85,15 +85,13 @@ def test_root_package_outside_comfyui_registers_nothing():
     assert adapter.enable and adapter.disable and adapter.entries
 
 
-def test_root_package_in_old_comfyui_warns_what_to_update(tmp_path):
-    """Inside a ComfyUI without `comfy_api.latest` (older than 0.3.48) the pack registers nothing
-    and logs a WARNING naming the minimum ComfyUI version (a fresh process: a stand-in `comfy`
-    package is importable, `comfy_api` is not)."""
-    (tmp_path / "comfy").mkdir()
-    (tmp_path / "comfy" / "__init__.py").write_text("")
+def _load_pack_in_fresh_process(tmp_path, prelude: str = "") -> list:
+    """Import the pack's root __init__.py in a new Python (stand-ins under `tmp_path` first on
+    sys.path, `prelude` run before); it must register nothing. Returns its WARNING lines."""
     script = textwrap.dedent(f"""
         import importlib.util, logging, sys
         sys.path.insert(0, {str(tmp_path)!r})
+    """) + textwrap.dedent(prelude) + textwrap.dedent(f"""
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
         spec = importlib.util.spec_from_file_location("pack", {os.path.join(REPO, "__init__.py")!r},
                                                       submodule_search_locations=[{REPO!r}])
@@ -107,9 +105,17 @@ def test_root_package_in_old_comfyui_warns_what_to_update(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAPPINGS {} False" in result.stdout
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING cachedit ")]
-    assert len(warnings) == 1 and "ComfyUI 0.3.48 or newer" in warnings[0] and "comfy_api" in warnings[0], \
-        result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("WARNING cachedit ")]
+
+
+def test_root_package_in_old_comfyui_warns_what_to_update(tmp_path):
+    """Inside a ComfyUI without `comfy_api.latest` (older than 0.3.48) the pack registers nothing
+    and logs a WARNING naming the minimum ComfyUI version (a fresh process: a stand-in `comfy`
+    package is importable, `comfy_api` is not)."""
+    (tmp_path / "comfy").mkdir()
+    (tmp_path / "comfy" / "__init__.py").write_text("")
+    warnings = _load_pack_in_fresh_process(tmp_path)
+    assert len(warnings) == 1 and "ComfyUI 0.3.48 or newer" in warnings[0] and "comfy_api" in warnings[0], warnings
 
 
 @pytest.mark.parametrize("missing", ["blinker", "structlog"])
@@ -121,28 +127,11 @@ def test_root_package_without_its_requirements_says_how_to_install_them(tmp_path
     api.mkdir(parents=True)
     (tmp_path / "comfy_api" / "__init__.py").write_text("")
     (api / "__init__.py").write_text("ComfyExtension = object\nio = None\n")
-    script = textwrap.dedent(f"""
-        import importlib.util, logging, sys
-        sys.path.insert(0, {str(tmp_path)!r})
+    warnings = _load_pack_in_fresh_process(tmp_path, f"""
         sys.modules[{missing!r}] = None  # import {missing} raises ImportError(name={missing!r})
-        for name in [m for m in sys.modules if m == "cachedit" or m.startswith("cachedit.")]:
-            del sys.modules[name]
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-        spec = importlib.util.spec_from_file_location("pack", {os.path.join(REPO, "__init__.py")!r},
-                                                      submodule_search_locations=[{REPO!r}])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pack"] = module
-        spec.loader.exec_module(module)
-        print("MAPPINGS", module.NODE_CLASS_MAPPINGS, hasattr(module, "comfy_entrypoint"))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_PATH")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MAPPINGS {} False" in result.stdout
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING cachedit ")]
     assert len(warnings) == 1 and f"need the Python package '{missing}'" in warnings[0] and \
-        "-m pip install -r" in warnings[0] and "requirements.txt" in warnings[0], result.stderr[-3000:]
+        "-m pip install -r" in warnings[0] and "requirements.txt" in warnings[0], warnings
 
 
 def test_root_package_inside_comfyui_exports_the_four_nodes():
