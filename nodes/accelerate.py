@@ -13,7 +13,7 @@ from cachedit.manager.distributed import POLICIES as DISTRIBUTED_POLICIES
 from cachedit.manager.strategies import STRATEGIES
 from comfy_api.latest import io
 
-from .schema import make_schema
+from .schema import combo_error, make_schema
 
 
 class CacheDitAccelerate(io.ComfyNode):
@@ -39,6 +39,11 @@ class CacheDitAccelerate(io.ComfyNode):
                 io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, preset: str | None = None) -> bool | str:
+        """The preset must be one of its options (see schema.combo_error)."""
+        return combo_error(cls.define_schema(), {"preset": preset}) or True
 
     @classmethod
     def execute(cls, model, preset: str = DEFAULT_QUALITY) -> io.NodeOutput:
@@ -114,15 +119,21 @@ class CacheDitAdvancedConfig(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, start_percent: float, end_percent: float, noise_scale: float,
-                        residual_diff_threshold: float) -> bool | str:
+                        residual_diff_threshold: float, strategy: str | None = None, cache_device: str | None = None,
+                        distributed: str | None = None) -> bool | str:
         """Checked before the workflow runs. ComfyUI skips its own min/max checks for every input a
         validate_inputs receives (so it takes named arguments only, never **kwargs: the others keep
         ComfyUI's checks), and a NaN passes those checks anyway (every comparison with NaN is
         false): the FLOAT inputs are checked here, against the schema's own bounds. A linked input
-        (None here) is checked when the node runs."""
+        (None here) is checked when the node runs. Combo values are checked against their options
+        (ComfyUI does not check them; the optional ones may be absent)."""
+        schema = cls.define_schema()  # not GET_SCHEMA: it writes onto the class, which the server locks
+        error = combo_error(schema, {"strategy": strategy, "cache_device": cache_device, "distributed": distributed})
+        if error:
+            return error
         values = {"start_percent": start_percent, "end_percent": end_percent, "noise_scale": noise_scale,
                   "residual_diff_threshold": residual_diff_threshold}
-        bounds = {i.id: (i.min, i.max) for i in cls.define_schema().inputs if i.id in values}  # not GET_SCHEMA: the server locks the class
+        bounds = {i.id: (i.min, i.max) for i in schema.inputs if i.id in values}
         for name, value in values.items():
             low, high = bounds[name]
             if value is not None and not low <= value <= high:  # False for NaN

@@ -43,3 +43,15 @@ def make_schema(*, search_aliases: Sequence[str] = (), **kwargs: Any) -> io.Sche
     if supports("search_aliases"):
         kwargs["search_aliases"] = aliases(search_aliases)
     return io.Schema(**kwargs)
+
+
+def combo_error(schema: io.Schema, values: dict) -> str | None:
+    """The first combo value in `values` that is not one of its input's options, as a message (None
+    when all are). The ComfyUI versions we support do not check a V3 combo's value before a run, so
+    a workflow posted over the HTTP API with e.g. strategy="turbo" would otherwise fail only when
+    the node runs. None (a linked or absent input) is not checked here."""
+    options = {i.id: list(i.options) for i in schema.inputs if isinstance(i, io.Combo.Input)}
+    for name, value in values.items():
+        if value is not None and value not in options[name]:
+            return f"{name}={value!r} is invalid; allowed: {' | '.join(map(repr, options[name]))}"
+    return None
