@@ -191,11 +191,11 @@ def result_from_markdown(path: str, series_of: Optional[Dict[str, str]] = None) 
     """Rebuild a BundledResult (enough for the chart, the summary and the README) from a results table."""
     with open(path) as f:
         text = f.read()
-    m = re.search(r"Bundled (?:(\w+) model, )?(\d+) Euler steps, batch (\d+)", text)
+    m = re.search(r"Bundled (?:(\w+) )?model, (\d+) Euler steps, batch (\d+)", text)  # old tables: "Bundled model, "
     arch, steps, batch = m.group(1) or "flux", int(m.group(2)), int(m.group(3))
     seeds_m = re.search(r"seeds ([0-9, ]+)$", text.splitlines()[0])
     seeds = [int(x) for x in seeds_m.group(1).split(",")] if seeds_m else [0]
-    acc = re.search(r"digit accuracy ([0-9.]+)", text)
+    acc = re.search(r"digit accuracy ([0-9]+(?:\.[0-9]+)?)", text)
     all_lines = text.splitlines()
     start = next(i for i, line in enumerate(all_lines) if line.startswith("| method | family |"))
     cols = [c.strip() for c in all_lines[start].strip("|").split("|")]
