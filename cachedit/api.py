@@ -35,9 +35,11 @@ from .targets import check_flag, check_target, entries_of, is_comfy_patcher, tar
 
 logger = logging.getLogger("cachedit")
 
-# cache-dit arguments CacheDit accepts and ignores (it runs no parallelism/quantization of its own).
+# cache-dit arguments CacheDit accepts and ignores (it sets no attention backend and quantizes nothing).
 _IGNORED_CACHE_DIT_KWARGS = ("attention_backend", "quantize_config", "cache_type",
                              "extra_cache_config")
+
+
 def enable_cache(
     obj: Any,
     cache_config: Optional[BasicCacheConfig] = None,
