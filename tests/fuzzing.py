@@ -91,3 +91,21 @@ def check_stats(stats: Any, steps: int, before: Optional[Dict[str, int]], where:
 
 
 __all__ = ["COUNTERS", "check_stats", "counters", "never_reuses", "random_config", "seeds"]
+
+
+class RaiseAt:
+    """Raises `make()` from `module` at its `at`-th call, once (a forward pre-hook): the fault
+    injected by the fault tests, library and ComfyUI alike."""
+
+    def __init__(self, module: Any, at: int, make: Any) -> None:
+        self.calls, self.at, self.make = 0, at, make
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any) -> None:
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.make()
+
+    def close(self) -> None:
+        """Remove the hook."""
+        self.handle.remove()

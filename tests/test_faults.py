@@ -10,6 +10,7 @@ import torch
 
 import cachedit
 from conftest import make_tiny_flux, sample
+from fuzzing import RaiseAt
 
 CONFIGS = {
     "fixed": dict(strategy="fixed", skip_interval=2, warmup_steps=1, Fn_compute_blocks=1, Bn_compute_blocks=0),
@@ -22,21 +23,10 @@ FAULTS = {"exception": (lambda: RuntimeError("injected fault"), 3, 3),
           "oom": (lambda: torch.OutOfMemoryError("injected OOM"), 0, 5)}
 
 
-class Fault:
+def Fault(model, index: int, at: int, make) -> RaiseAt:  # noqa: N802 (reads as the class it returns)
     """Raises from block `index`'s attention at its `at`-th call (once)."""
-
-    def __init__(self, model, index: int, at: int, make) -> None:
-        blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
-        self.calls, self.at, self.make = 0, at, make
-        self.handle = blocks[index].attn.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.calls += 1
-        if self.calls == self.at:
-            raise self.make()
-
-    def close(self) -> None:
-        self.handle.remove()
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    return RaiseAt(blocks[index].attn, at, make)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

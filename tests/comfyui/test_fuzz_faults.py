@@ -19,7 +19,7 @@ import weakref
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fuzzing import check_stats, never_reuses, random_config, seeds  # noqa: E402
+from fuzzing import RaiseAt, check_stats, never_reuses, random_config, seeds  # noqa: E402
 
 FIXED = dict(strategy="fixed", skip_interval=2, warmup_steps=1, Fn_compute_blocks=1, Bn_compute_blocks=0)
 SAMPLERS = ["euler", "heun", "dpmpp_2m_sde", "lcm", "uni_pc", "dpmpp_2m", "euler_ancestral", "dpm_2"]
@@ -27,22 +27,10 @@ SCHEDULERS = ["simple", "normal", "karras", "sgm_uniform", "beta"]
 MODELS = ("flux", "wan21_t2v")
 
 
-class Fault:
+def Fault(patcher, at: int, make) -> RaiseAt:  # noqa: N802 (reads as the class it returns)
     """Raises `make()` from the first block of `patcher`'s diffusion model at its `at`-th call (once)."""
-
-    def __init__(self, patcher, at: int, make) -> None:
-        dm = patcher.model.diffusion_model
-        first = dm.double_blocks[0] if hasattr(dm, "double_blocks") else dm.blocks[0]
-        self.calls, self.at, self.make = 0, at, make
-        self.handle = first.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.calls += 1
-        if self.calls == self.at:
-            raise self.make()
-
-    def close(self) -> None:
-        self.handle.remove()
+    dm = patcher.model.diffusion_model
+    return RaiseAt(dm.double_blocks[0] if hasattr(dm, "double_blocks") else dm.blocks[0], at, make)
 
 
 def _faults():
