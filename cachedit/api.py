@@ -137,8 +137,7 @@ def _parallelize(obj: Any, parallelism_config: Any) -> None:
     """Shard every transformer enable_cache is about to cache (cachedit/parallel)."""
     from .parallel import parallelize  # noqa: PLC0415 (torch.distributed.tensor only when asked for)
 
-    modules = obj.transformers() if isinstance(obj, BlockAdapter) else targets_of(obj)
-    for module in modules:
+    for module in targets_of(obj):  # a BlockAdapter's transformer(s) too
         parallelize(module, parallelism_config)
 
 
