@@ -63,9 +63,14 @@ def tuning_table(res: BundledResult, picked: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Summary: default, our best, each peer family's best, the ratios
 # ----------------------------------------------------------------------------------------------
+def _rank(r: Row) -> Tuple[float, float, str]:
+    """Fastest first, as printed (2 decimals); ties go to the higher PSNR, then to the name, never to row order."""
+    return (round(r.speedup, 2), round(r.psnr, 2), r.name)
+
+
 def best_at_quality(rows: Sequence[Row], family: str, acc_ref: float, db: float = QUALITY_DB) -> Optional[Row]:
     cands = [r for r in rows if r.family == family and ok_quality(r, acc_ref, db) and not math.isnan(r.speedup)]
-    return max(cands, key=lambda r: r.speedup) if cands else None
+    return max(cands, key=_rank) if cands else None
 
 
 def peer_bests(res: BundledResult, db: float = QUALITY_DB) -> Dict[str, Row]:
@@ -75,7 +80,7 @@ def peer_bests(res: BundledResult, db: float = QUALITY_DB) -> Dict[str, Row]:
         if r.family in ("ours", "uncached") or not ok_quality(r, res.acc_ref, db) or math.isnan(r.speedup):
             continue
         fam = peer_family(r)
-        if fam not in out or r.speedup > out[fam].speedup:
+        if fam not in out or _rank(r) > _rank(out[fam]):
             out[fam] = r
     return out
 
@@ -87,7 +92,7 @@ def default_row(rows: Sequence[Row]) -> Optional[Row]:
 def summary(res: BundledResult) -> Dict[str, object]:
     """The summary numbers of one table: default, our best, best peer, the ratios (median and best-of)."""
     peers = peer_bests(res)
-    best_peer = max(peers.values(), key=lambda r: r.speedup) if peers else None
+    best_peer = max(peers.values(), key=_rank) if peers else None
     d = default_row(res.rows)
     ours = best_at_quality(res.rows, "ours", res.acc_ref)
     out: Dict[str, object] = {"default": d, "ours_best": ours, "peers": peers, "best_peer": best_peer}

@@ -111,3 +111,32 @@ def test_tiny_scaling_row():
     assert 0.0 < row["fixed_fraction"] < 1.0  # counted, exact; the timings of a tiny model are noise
     assert row["fixed_ideal"] > 0 and row["fixed_measured"] > 0
     assert "| 16 |" in scaling_table(rows)
+
+
+def test_summary_picks_the_same_rows_from_the_written_table(tmp_path):
+    """Rows that tie at the printed precision (1.234x vs 1.231x, 39.996 dB) are picked the same way from memory
+    and from the Markdown table read back: by the printed numbers, then PSNR, then name, never row order."""
+    from benchmarks.bundled_bench import BundledResult, Row
+
+    def row(name, family, speedup, psnr, acc=1.0):
+        return Row(name=name, family=family, series=family, speedup=speedup, speedup_lo=speedup, speedup_hi=speedup,
+                   time_s=1.0, best_of=speedup, compute=0.5, attn=0.5, cached_steps=[3, 3], psnr=psnr,
+                   psnr_min=psnr, ssim=0.99, acc=acc, cache_bytes=1, deterministic=True, restored=True)
+
+    rows = [row("uncached", "uncached", 1.0, math.inf),
+            row("ours default: balanced (error budget 0.15): F1B0 W3 MC3 TS1", "ours", 1.5, 45.0),
+            row("ours b", "ours", 2.231, 41.0), row("ours a", "ours", 2.234, 41.0),
+            row("ours edge", "ours", 3.0, 39.996),  # prints as 40.00: counts as >= 40 dB both ways
+            row("cache-dit x", "cache-dit", 2.004, 40.5), row("cache-dit y", "cache-dit", 1.996, 40.5)]
+    res = BundledResult(steps=6, batch=1, rows=rows, baseline_times=[1.0], acc_ref=0.995, info={}, arch="flux",
+                        seeds=(0, 1))
+    path = tmp_path / "results_6.md"
+    path.write_text(results_markdown(res, {}))
+    back = result_from_markdown(str(path), {r.name: r.series for r in rows})
+    s, s_back = summary(res), summary(back)
+    assert s["ours_best"].name == s_back["ours_best"].name == "ours edge"
+    assert s["best_peer"].name == s_back["best_peer"].name == "cache-dit y"  # 2.00x both: 'y' > 'x' by name
+    res.rows = [r for r in rows if r.name != "ours edge"]
+    path.write_text(results_markdown(res, {}))
+    back = result_from_markdown(str(path), {r.name: r.series for r in rows})
+    assert summary(res)["ours_best"].name == summary(back)["ours_best"].name == "ours b"  # 2.23x tie: 'b' > 'a'
