@@ -5,6 +5,7 @@ counts, plus the README section and the default robustness table written from su
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -101,6 +102,26 @@ def test_defaults_table_quick():
     for r in res["wan"]:
         assert [x["setting"] for x in r["rows"]] == [s[0] for s in DF.SETTINGS]
         assert all(0.0 < x["compute"] <= 1.0 + 1e-9 and x["psnr_min"] <= x["psnr"] for x in r["rows"])
+
+
+def test_candidate_screening_quick():
+    """benchmarks.candidates: specs parse (a typo names the token), each candidate runs on the quick
+    scenarios, and the summary line counts every cell."""
+    from benchmarks import candidates as C
+
+    c = C.Candidate.parse("F0  W2 MCx0.25 TS0 R0.1")
+    assert (c.spec, c.fn, c.warmup, c.cap_for(8), c.cap_for(50), c.taylorseer, c.budget, c.threshold) == \
+        ("F0 W2 MCx0.25 TS0 R0.1", 0, 2, 2, 12, 0, None, 0.1)
+    assert C.Candidate.parse("E0.2").enable_kwargs(28)()["error_budget"] == 0.2
+    with pytest.raises(ValueError, match="'X3' is not one of"):
+        C.run(["wan"], ["F1 X3"], quick=True)
+    specs = ["F1 W3 MC3 TS1 E0.15", "F0 W2 MCx0.25 TS2 R0.2"]
+    models = {"wan": bench.load_bundled("wan", tiny=True)[0]}
+    res = C.run(["wan"], specs, quick=True, models=models)
+    assert [[r["setting"] for r in sc["rows"]] for sc in res["wan"]] == [specs] * 2
+    text = C.markdown(res, specs, {"cpu": "test"}, 1.0)
+    summary = [line for line in text.splitlines() if line.startswith("| F")][:2]
+    assert len(summary) == 2 and all(re.search(r"\| \d/2", line) for line in summary)
 
 
 def test_tiny_scaling_row():
