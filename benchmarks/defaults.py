@@ -4,7 +4,8 @@ old fixed-threshold default, per bundled model and sampling scenario -> results/
     python -m benchmarks.defaults                 # every model, every scenario (~1 h on 2 busy cores)
     python -m benchmarks.defaults --arch flux --quick
 
-Each (scenario, setting) enables CacheDit once on a fresh copy of the transformer and generates
+Each (scenario, setting) enables CacheDit once on the model object, as a user does on a pipeline
+(with a fresh copy of its transformer; the run's CFG scale reaches error feedback), and generates
 the seeds in order with `cachedit.bundled.digits.generate` (error feedback's calibration carries
 over from one generation to the next, as it does for a user; the "cold" row refreshes the
 context before every generation, so each one starts uncalibrated). Quality only: block compute is
@@ -94,11 +95,11 @@ def run_scenario(model: Any, sc: Scenario, seeds: Sequence[int], settings=SETTIN
     out: Dict[str, Any] = {"scenario": sc, "acc_ref": D.digit_accuracy(torch.cat(refs), labels), "rows": []}
     for label, make_kwargs, cold in settings:
         t = copy.deepcopy(pristine)
-        cachedit.enable_cache(t, **make_kwargs())
+        model.transformer = t
+        cachedit.enable_cache(model, **make_kwargs())  # the pipeline, as a user would: its CFG scale is read
         counter = ComputeCounter(t)
         images, reused = [], []
         try:
-            model.transformer = t
             for k, s in enumerate(seeds):
                 if cold:
                     cachedit.refresh_context(t)
@@ -107,9 +108,9 @@ def run_scenario(model: Any, sc: Scenario, seeds: Sequence[int], settings=SETTIN
                 st = cachedit.summary(t, logging=False)[0]
                 reused.append((st.accumulated_cached_steps, st.cfg_accumulated_cached_steps))
         finally:
-            model.transformer = pristine
             counter.close()
-            cachedit.disable_cache(t)
+            cachedit.disable_cache(model)
+            model.transformer = pristine
         out["rows"].append({
             "setting": label, "compute": counter.macs / ref_macs,
             "reused": sum(a for a, _ in reused) / len(reused), "reused_cfg": sum(b for _, b in reused) / len(reused),

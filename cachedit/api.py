@@ -130,6 +130,8 @@ def enable_cache(
         entry.engine.family = family_of(module, entry.engine.step_level)  # what a preset's rules go by
         entry.engine.expert = expert_of(i, len(modules), entry.engine.family)
         report.warn_setup(entry.engine)
+    if not isinstance(obj, nn.Module):
+        manager.watch_guidance(obj, modules)  # a pipeline: its CFG scale sets each run's error budget
     return obj
 
 
@@ -170,6 +172,7 @@ def _enable_adapter(adapter: BlockAdapter, options: CacheOptions, params_modifie
             report.warn_setup(engine)
     if adapter.pipe is not None:
         manager.link_pipe(adapter.pipe, [p.transformer for p in plans])
+        manager.watch_guidance(adapter.pipe, [p.transformer for p in plans])
     return adapter
 
 

@@ -221,3 +221,54 @@ def test_measured_error_in_logs_and_report(tiny_flux, caplog):
     expected = fb.threshold_at(gap, step / 10, fb.span)
     assert fb.span == pytest.approx(0.1) and fb.span_scale(fb.span) == pytest.approx(math.sqrt(10 / 28))
     assert float(last.split("next_threshold=")[1].split()[0]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_budget_scales_down_above_the_reference_guidance():
+    """Guidance multiplies the branches' error difference: above CFG 3 the budget (and the threshold
+    used before any measurement) scales with 3 / guidance; at or below 3, or unknown, it holds."""
+    fb = ErrorFeedback(budget=0.2, initial_threshold=0.24)
+    for g, scale in ((None, 1.0), (1.0, 1.0), (3.0, 1.0), (6.0, 0.5), (12.0, 0.25), (float("nan"), 1.0)):
+        fb.guidance = g
+        assert fb.guidance_scale() == pytest.approx(scale) and fb.run_budget() == pytest.approx(0.2 * scale)
+        assert fb.threshold_at(1, 0.5) == pytest.approx(0.24 * scale)  # nothing measured yet
+    fb.observe(gap=1, progress=0.5, error=0.05, diff=0.1)  # ratio 0.5
+    fb.guidance = 6.0
+    assert fb.threshold_at(1, 0.5) == pytest.approx(0.2 * 0.5 / 0.5)
+
+
+class _Pipe:
+    """What error feedback reads of a diffusers pipeline: `transformer`, and inside `__call__`
+    `guidance_scale` with `do_classifier_free_guidance` (SD3, Wan...)."""
+
+    def __init__(self, transformer, cfg: bool = True):
+        self.transformer, self._cfg, self._guidance_scale = transformer, cfg, None
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._cfg and self._guidance_scale > 1  # raises before the first call, as diffusers' does
+
+    def __call__(self, guidance_scale: float, steps: int = 10):
+        self._guidance_scale = guidance_scale
+        return sample(self.transformer, steps=steps, cfg="batched")
+
+
+@pytest.mark.parametrize("cfg, guidance, budget", [(True, 6.0, 0.075), (True, 2.0, 0.15), (False, 6.0, 0.15)])
+def test_a_pipelines_cfg_scale_sets_the_runs_budget(tiny_flux, cfg, guidance, budget):
+    """enable_cache(pipe): each run reads the pipeline's CFG scale (only when it says it does CFG:
+    FLUX.1-dev's guidance_scale is embedded guidance); the measured errors are compared with the
+    run's budget, in the stats too. Enabled on the transformer alone, the budget holds as given."""
+    pipe = _Pipe(tiny_flux, cfg)
+    cachedit.enable_cache(pipe)
+    engine = cachedit.get_manager().entry(tiny_flux).engine
+    pipe(guidance)
+    s = cachedit.summary(pipe, logging=False)[0]
+    assert engine.feedback.guidance == (guidance if cfg and guidance > 1 else None)
+    assert s.reuse_errors and s.error_budget == pytest.approx(budget)
+    cachedit.disable_cache(pipe)
+    cachedit.enable_cache(tiny_flux)
+    pipe(guidance)
+    assert cachedit.summary(tiny_flux, logging=False)[0].error_budget == pytest.approx(0.15)

@@ -137,6 +137,16 @@ class DigitsModel:
         ehs, pooled = self.label_embedder(labels)
         return ehs.to(p.dtype), (pooled.to(p.dtype) if pooled is not None else None)
 
+    # Set by generate() for the run in progress, as a diffusers pipeline sets them in __call__:
+    # CacheDit reads them when enable_cache was given this model (cachedit/manager/guidance.py).
+    @property
+    def guidance_scale(self) -> Optional[float]:
+        return getattr(self, "_guidance_scale", None)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return bool(getattr(self, "_do_cfg", False))
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
@@ -262,6 +272,7 @@ def generate(
     device, dtype = param.device, param.dtype
     arch = A.get_arch(model.arch)
 
+    model._guidance_scale, model._do_cfg = float(guidance_scale), cfg_mode != "none" and guidance_scale > 1
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     b = labels.shape[0]
     latents = A.initial_latents(arch.name, b, seed, device=device, dtype=dtype)

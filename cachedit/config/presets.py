@@ -86,6 +86,7 @@ class RunInfo:
     total_steps: Optional[int] = None  # steps of this run (None: unknown until it ends)
     start: float = 0.0  # share of the whole denoising done when it starts (ComfyUI: from the sigmas)
     end: Optional[float] = None  # share done when it ends (None: unknown, taken as the end)
+    guidance: Optional[float] = None  # its classifier-free guidance scale (None: unknown or no CFG)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,7 +149,7 @@ class Decider:
         if bus.error_measured.receivers:
             fb = self.feedback
             bus.error_measured.send(self.key, name=self.name, step=record.step, branch=record.branch, error=error,
-                                    diff=record.diff, gap=branch.computed_gap, budget=fb.budget,
+                                    diff=record.diff, gap=branch.computed_gap, budget=fb.run_budget(),
                                     threshold=fb.threshold_at(max(1, branch.computed_gap), branch.computed_progress, fb.span))
 
     # -- the decision -----------------------------------------------------------------------------

@@ -58,6 +58,8 @@ class CacheEngine:
         self.family = "dit"  # config/presets.py: set by whoever enables the cache (from the model's class)
         self.expert: Optional[str] = None  # Wan 2.2: "high" / "low" when the caller knows (presets.expert_of)
         self.run_settings: Optional[RunSettings] = None  # what the preset chose for the current/last run
+        # The run's CFG scale where the caller has no RunInfo for it (a diffusers pipeline: guidance.py)
+        self.guidance_probe: Optional[Callable[[], Optional[float]]] = None
         self.placement = CachePlacement(options.cache_device)
         self._configure(options, list_lengths, clone_inputs)
 
@@ -100,11 +102,16 @@ class CacheEngine:
         """A run starts: with a preset, its family rules pick this run's settings (presets.py)."""
         hint = getattr(self.placer.local, "hint", None)
         self.placer.local.hint = None
+        if self.feedback is not None:  # guidance multiplies reuse errors: the budget follows it
+            guidance = hint.guidance if hint is not None else None
+            if guidance is None and self.guidance_probe is not None:
+                guidance = self.guidance_probe()
+            self.feedback.guidance = guidance
         if self.base_options.preset is None:
             return
         info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)
         if info.total_steps is None and run.total_steps is not None:
-            info = RunInfo(run.total_steps, info.start, info.end)
+            info = RunInfo(run.total_steps, info.start, info.end, info.guidance)
         self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert)
         self.options = apply_settings(self.base_options, self.run_settings)
         self.strategy = self.decider.strategy = make_strategy(self.options, self.feedback)

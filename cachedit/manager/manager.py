@@ -22,7 +22,7 @@ from ..config import CacheOptions, GlobalConfig
 from ..events import bus
 from ..events.logging import LogSubscriber
 from ..events.stats import CacheStats, StatsAggregator
-from . import pipe_hooks
+from . import guidance, pipe_hooks
 from .blocks import NoBlocksFoundError, find_block_lists
 from .distributed import DecisionGroup
 from .engine import CacheEngine
@@ -173,6 +173,14 @@ class CacheManager:
         with self._lock:
             self._pipes[id(pipe)] = (ref, [weakref.ref(m) for m in modules])
         pipe_hooks.hook_calls(pipe, self._pipe_boundary)
+
+    def watch_guidance(self, pipe: Any, modules: Sequence[nn.Module]) -> None:
+        """Let the engines of `modules` read `pipe`'s CFG scale at each run start (guidance.py)."""
+        probe = guidance.probe_for(pipe)
+        for module in modules:
+            entry = self.entry(module)
+            for engine in entry.engines if entry is not None else ():
+                engine.guidance_probe = probe
 
     def unlink_pipe(self, pipe: Any) -> None:
         """Forget `pipe`'s link and restore its call."""

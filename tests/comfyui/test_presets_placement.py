@@ -17,13 +17,13 @@ import pytest
 from .test_nodes_comfyui import REPO, _custom_nodes_dir, _run, pack  # noqa: F401 (pack is a fixture)
 
 
-def _sample(h, model, arch="flux", steps=6, start=None, last=None, seed=0):
+def _sample(h, model, arch="flux", steps=6, start=None, last=None, seed=0, cfg=2.0):
     import torch
     import nodes
 
     pos, neg = h.make_conditioning(arch)
     with torch.inference_mode():
-        (out,) = nodes.common_ksampler(model, seed, steps, 2.0, "euler", "simple", pos, neg, h.empty_latent(arch),
+        (out,) = nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", pos, neg, h.empty_latent(arch),
                                        start_step=start, last_step=last,
                                        force_full_denoise=last is None or last >= steps)
     return out["samples"]
@@ -70,6 +70,23 @@ def test_accelerate_fast_few_step_run_and_log_line(pack, comfy_harness, caplog):
 
     record = cachedit.get_manager().stats.last_record(engine.key)
     assert not [s for s in record.steps if s.reused and s.step < 3]
+
+
+@pytest.mark.parametrize("cfg, budget", [(6.0, 0.075), (1.0, 0.15)])
+def test_ksampler_cfg_sets_the_runs_error_budget(comfy_harness, cfg, budget):
+    """The guider's CFG scale reaches error feedback each run: above 3 the budget scales by 3 / cfg
+    (the errors in the stats are compared with it); the next run at another cfg gets its own."""
+    import cachedit
+
+    h = comfy_harness
+    model = cachedit.enable_cache(h.build_model("sd3"))
+    _sample(h, model, arch="sd3", steps=10, cfg=cfg)
+    engine = _engine(model)
+    assert engine.feedback.guidance == cfg and engine.feedback.run_budget() == pytest.approx(budget)
+    stats = cachedit.summary(model, logging=False)[0]
+    assert stats.reuse_errors and stats.error_budget == pytest.approx(budget)
+    _sample(h, model, arch="sd3", steps=10, cfg=3.0)
+    assert engine.feedback.guidance == 3.0 and engine.feedback.run_budget() == pytest.approx(0.15)
 
 
 def test_wan22_experts_each_own_cache_and_rule(comfy_harness):

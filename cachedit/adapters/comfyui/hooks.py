@@ -135,14 +135,17 @@ def _outer_sample_wrapper(handle: _Handle) -> Callable:
 
 def _run_info(handle: _Handle, guider: Any) -> RunInfo:
     """What a run covers (presets.py): its steps and the share of the whole denoising done at its
-    first and last sigma (a Wan 2.2 expert's run covers one part of it)."""
+    first and last sigma (a Wan 2.2 expert's run covers one part of it), and the guider's CFG scale
+    (error feedback's budget follows it)."""
+    cfg = getattr(guider, "cfg", None)  # CFGGuider's scale; BasicGuider has none, DualCFGGuider two
+    guidance = float(cfg) if isinstance(cfg, (int, float)) and not isinstance(cfg, bool) else None
     schedule = handle.schedule
     if not schedule:
-        return RunInfo()
+        return RunInfo(guidance=guidance)
     patcher = getattr(guider, "model_patcher", None)
     sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
     start, end = handle.progress(sampling, schedule[0]), handle.progress(sampling, schedule[-1])
-    return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end)
+    return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end, guidance)
 
 
 def _branch_key(transformer_options: dict) -> Optional[tuple]:
