@@ -55,8 +55,14 @@ def _settings(engine: Any) -> tuple:
         en.append(f"reuse while the change is below {cfg.residual_diff_threshold:g}")
         zh.append(f"变化低于 {cfg.residual_diff_threshold:g} 时复用")
     elif options.strategy == "adaptive":
-        en.append(f"error budget {budget:g} (the threshold follows the measured error)")
-        zh.append(f"误差预算 {budget:g}（阈值随实测误差调整）")
+        run_budget = engine.run_budget()
+        if run_budget is not None and run_budget < budget:  # a high CFG scale lowered it (feedback.py)
+            g = engine.feedback.guidance
+            en.append(f"error budget {budget:g}, {run_budget:.3g} at CFG {g:g} (the threshold follows the measured error)")
+            zh.append(f"误差预算 {budget:g}，CFG {g:g} 时为 {run_budget:.3g}（阈值随实测误差调整）")
+        else:
+            en.append(f"error budget {budget:g} (the threshold follows the measured error)")
+            zh.append(f"误差预算 {budget:g}（阈值随实测误差调整）")
     elif options.strategy != "adaptive":
         en.append(f"interval {options.skip_interval}")
         zh.append(f"间隔 {options.skip_interval}")
@@ -136,7 +142,7 @@ def summarize(model: Any) -> Summary:
                 limit_zh = f"（低于 {thresholds[-1]:.3g} 时复用）"
             en.append(f"Change between steps: typical {percentile(diffs, 0.5):.3g}, largest {max(diffs):.3g}{limit_en}.")
             zh.append(f"步间变化：中位 {percentile(diffs, 0.5):.3g}，最大 {max(diffs):.3g}{limit_zh}。")
-        errors = error_percentiles([s.error for s in steps if s.error is not None], engine.options.error_budget)
+        errors = error_percentiles([s.error for s in steps if s.error is not None], engine.run_budget())
         if errors and "error_budget" in errors:
             en.append(f"Measured reuse error (checked at {errors['errors_measured']} computed steps): median "
                       f"{errors['error_p50']:.3g}, largest {errors['error_max']:.3g}, budget {errors['error_budget']:g}; "
@@ -163,4 +169,4 @@ def summarize(model: Any) -> Summary:
         en.append(f"Cache memory: {where} (cache_device={engine.placement.mode}).")
         zh.append(f"缓存占用：{where_zh}（缓存位置 {engine.placement.mode}）。")
     return Summary(en="\n".join(en), zh="\n".join(zh), record=record, title=title,
-                   budget=getattr(engine.options, "error_budget", None))
+                   budget=engine.run_budget())

@@ -104,12 +104,13 @@ class LogSubscriber:
         reused = sum(1 for s in steps if s.reused)
         options = p.get("options")
         speedup = round(report.estimated_speedup(reused, total, p.get("middle_share", 1.0)), 2) if total else None
-        preset = {k: p[k] for k in ("family", "setting") if p.get(k) is not None}  # a preset's choice (presets.py)
+        preset = {k: p[k] for k in ("family", "setting", "guidance") if p.get(k) is not None}  # presets.py; a CFG
+        # scale that lowered the budget (feedback.py)
         log.info("cachedit.run", model=p.get("name"), run=p.get("run"), **preset,
                  reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
                  est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs),
                  **report.error_percentiles([s.error for s in steps if s.error is not None],
-                                            getattr(options, "error_budget", None)))
+                                            p.get("error_budget", getattr(options, "error_budget", None))))
 
 
 def _ensure_visible() -> None:

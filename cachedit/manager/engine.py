@@ -91,8 +91,15 @@ class CacheEngine:
         if run.executed_calls and not self._warned_warmup:
             self._warned_warmup = report.warn_warmup_covers_run(self, run.step + 1, run.record.reused)
         setting = self.run_settings.label() if self.run_settings is not None else None
+        fb = self.feedback
         return {"options": self.options, "middle_share": self.layout.middle_share, "family": self.family,
-                "setting": setting, "cache_bytes_by_device": self.buffer_bytes_by_device(run)}
+                "setting": setting, "cache_bytes_by_device": self.buffer_bytes_by_device(run),
+                "error_budget": fb.run_budget() if fb is not None else None,
+                "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None}
+
+    def run_budget(self) -> Optional[float]:
+        """The error budget of the current/last run (the CFG scale applied), None without feedback."""
+        return self.feedback.run_budget() if self.feedback is not None else None
 
     def expect_run(self, info: RunInfo) -> None:
         """What the caller knows about the next run of this thread (ComfyUI: its sigmas)."""

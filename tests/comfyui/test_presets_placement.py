@@ -73,18 +73,24 @@ def test_accelerate_fast_few_step_run_and_log_line(pack, comfy_harness, caplog):
 
 
 @pytest.mark.parametrize("cfg, budget", [(6.0, 0.075), (1.0, 0.15)])
-def test_ksampler_cfg_sets_the_runs_error_budget(comfy_harness, cfg, budget):
+def test_ksampler_cfg_sets_the_runs_error_budget(pack, comfy_harness, caplog, cfg, budget):  # noqa: F811
     """The guider's CFG scale reaches error feedback each run: above 3 the budget scales by 3 / cfg
-    (the errors in the stats are compared with it); the next run at another cfg gets its own."""
+    (the errors in the stats, the run's log line and the Detailed Stats text are compared with it);
+    the next run at another cfg gets its own."""
     import cachedit
 
     h = comfy_harness
     model = cachedit.enable_cache(h.build_model("sd3"))
-    _sample(h, model, arch="sd3", steps=10, cfg=cfg)
+    with caplog.at_level(logging.INFO, logger="cachedit"):
+        _sample(h, model, arch="sd3", steps=10, cfg=cfg)
     engine = _engine(model)
     assert engine.feedback.guidance == cfg and engine.feedback.run_budget() == pytest.approx(budget)
     stats = cachedit.summary(model, logging=False)[0]
     assert stats.reuse_errors and stats.error_budget == pytest.approx(budget)
+    line = next(r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage())
+    assert f"error_budget={budget}" in line and (f"guidance={cfg}" in line) == (cfg > 3), line
+    text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=model)[2]
+    assert ("error budget 0.15, 0.075 at CFG 6 " in text) == (cfg > 3) and f", budget {budget:g}; " in text, text
     _sample(h, model, arch="sd3", steps=10, cfg=3.0)
     assert engine.feedback.guidance == 3.0 and engine.feedback.run_budget() == pytest.approx(0.15)
 
