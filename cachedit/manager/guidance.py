@@ -5,7 +5,8 @@ guider's cfg before each run (RunInfo); a diffusers pipeline knows its own: insi
 sets `guidance_scale` and says through `do_classifier_free_guidance` whether that scale is CFG
 (SD3, Wan, Chroma, LTX, Lumina2, HiDream, SDXL... in diffusers 0.42). Pipelines whose
 `guidance_scale` is an embedded, distilled guidance (FLUX.1-dev) or whose CFG scale is another
-argument (`true_cfg_scale`: Qwen-Image, HunyuanVideo) have no such property and are left alone, as are pipelines that are not linked (the engine then keeps the budget as given).
+argument (`true_cfg_scale`: Qwen-Image, HunyuanVideo) have no such property and are left alone,
+as are modules enabled without their pipeline (the engine then keeps the budget as given).
 """
 
 from __future__ import annotations
