@@ -272,3 +272,30 @@ def test_a_pipelines_cfg_scale_sets_the_runs_budget(tiny_flux, cfg, guidance, bu
     cachedit.enable_cache(tiny_flux)
     pipe(guidance)
     assert cachedit.summary(tiny_flux, logging=False)[0].error_budget == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_cfg_branches_follow_the_first_branchs_decision(follow):
+    """With error feedback, separate CFG calls of a step share the first one's decision (a step where
+    only one branch reuses has no error to cancel against under guidance); cache-dit's fixed configs
+    keep deciding each branch on its own (`follow_lead` off: on the bundled model the branches then
+    part ways at some steps)."""
+    from cachedit.bundled import digits as D
+
+    model = D.load_model("flux")
+    cachedit.enable_cache(model, quality="quality")
+    try:
+        engine = cachedit.get_manager().entry(model.transformer).engine
+        assert engine.decider.follow_lead
+        engine.decider.follow_lead = follow
+        same = []
+        for k in range(3):
+            D.generate(model, [k], num_steps=28, cfg_mode="separate", seed=k)
+            s = cachedit.summary(model, logging=False)[0]
+            assert len(s.cached_steps) >= 10
+            same.append(s.cached_steps == s.cfg_cached_steps)
+        assert all(same) is follow and any(same) is follow
+        cachedit.enable_cache(model, residual_diff_threshold=0.2)
+        assert not cachedit.get_manager().entry(model.transformer).engine.decider.follow_lead
+    finally:
+        cachedit.disable_cache(model)

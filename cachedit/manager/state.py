@@ -136,6 +136,7 @@ class RunState:
     record: RunRecord = None  # type: ignore[assignment]
     executed_calls: int = 0
     forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
+    lead_reuse: Dict[int, bool] = dataclasses.field(default_factory=dict)  # step -> its first branch's decision
 
     def __post_init__(self) -> None:
         if self.record is None:
