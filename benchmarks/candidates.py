@@ -123,10 +123,6 @@ def run(archs: Sequence[str], specs: Sequence[str], all_scenarios: bool = False,
         return {a: f.result() for a, f in futures.items()}
 
 
-def _ok(row: Dict[str, Any], acc_ref: float) -> bool:
-    return row["psnr"] >= DF.QUALITY_DB and row["acc"] >= acc_ref - 1e-9
-
-
 def markdown(results: Dict[str, List[Dict[str, Any]]], specs: Sequence[str], info: Dict[str, str],
              elapsed: float) -> str:
     names = [Candidate.parse(s).spec for s in specs]
@@ -140,20 +136,20 @@ def markdown(results: Dict[str, List[Dict[str, Any]]], specs: Sequence[str], inf
     for name in names:
         cells = [(res, r) for rs in results.values() for res in rs for r in res["rows"] if r["setting"] == name]
         bad = [f"{a} {res['scenario'].name}" for a, rs in results.items() for res in rs for r in res["rows"]
-               if r["setting"] == name and not _ok(r, res["acc_ref"])]
+               if r["setting"] == name and not DF.ok_quality(r, res["acc_ref"])]
         worst = min(r["psnr"] for _, r in cells)
         worst_seed = min(r["psnr_min"] for _, r in cells)
         mean = sum(r["compute"] for _, r in cells) / len(cells)
         lines.append(f"| {name} | {len(bad)}/{len(cells)}" + (f" ({'; '.join(bad)})" if bad else "") +
-                     f" | {DF._db(worst)} | {DF._db(worst_seed)} | {100 * mean:.1f}% |")
+                     f" | {DF.fmt_db(worst)} | {DF.fmt_db(worst_seed)} | {100 * mean:.1f}% |")
     lines += ["", "Machine:", machine_block(info), f"- elapsed: {elapsed / 60:.0f} min", ""]
     for arch, rs in results.items():
         lines += [f"### {arch}", "", "PSNR dB pooled (worst seed), blocks computed; `!` below 40 dB or accuracy.", "",
                   "| scenario | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for res in rs:
             by = {r["setting"]: r for r in res["rows"]}
-            cells = [f"{DF._db(by[n]['psnr'])} ({DF._db(by[n]['psnr_min'])}), {100 * by[n]['compute']:.0f}%"
-                     + ("" if _ok(by[n], res["acc_ref"]) else " !") for n in names]
+            cells = [f"{DF.fmt_db(by[n]['psnr'])} ({DF.fmt_db(by[n]['psnr_min'])}), {100 * by[n]['compute']:.0f}%"
+                     + ("" if DF.ok_quality(by[n], res["acc_ref"]) else " !") for n in names]
             lines.append(f"| {res['scenario'].name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -121,14 +121,19 @@ def run_scenario(model: Any, sc: Scenario, seeds: Sequence[int], settings=SETTIN
     return out
 
 
-def _db(x: float) -> str:
+def ok_quality(row: Dict[str, Any], acc_ref: float) -> bool:
+    """At >= QUALITY_DB pooled PSNR with the uncached digit accuracy."""
+    return row["psnr"] >= QUALITY_DB and row["acc"] >= acc_ref - 1e-9
+
+
+def fmt_db(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.1f}"
 
 
 def verdict(new: Dict[str, Any], old: Dict[str, Any], acc_ref: float) -> str:
     """Which of the two is better in a scenario: dominance on (pooled PSNR, compute), then the trade."""
     dp, dc = min(new["psnr"], 99.0) - min(old["psnr"], 99.0), 100 * (new["compute"] - old["compute"])
-    bad = [n for n, r in (("new", new), ("old", old)) if r["psnr"] < QUALITY_DB or r["acc"] < acc_ref - 1e-9]
+    bad = [n for n, r in (("new", new), ("old", old)) if not ok_quality(r, acc_ref)]
     note = (" (" + ", ".join(f"{n} < {QUALITY_DB:g} dB or acc" for n in bad) + ")") if bad else ""
     if abs(dp) < 0.25 and abs(dc) < 0.5:
         return "same" + note
@@ -150,7 +155,7 @@ def arch_table(arch: str, results: Sequence[Dict[str, Any]]) -> List[str]:
         for i, r in enumerate(rows):
             reused = f"{r['reused']:.1f}" + (f" + {r['reused_cfg']:.1f}" if r["reused_cfg"] else "")
             lines.append(f"| {sc.name if i == 0 else ''} | {r['setting']} | {reused} | {100 * r['compute']:.0f}% | "
-                         f"{_db(r['psnr'])} | {_db(r['psnr_min'])} | {r['acc']:.2f} ({res['acc_ref']:.2f}) | "
+                         f"{fmt_db(r['psnr'])} | {fmt_db(r['psnr_min'])} | {r['acc']:.2f} ({res['acc_ref']:.2f}) | "
                          f"{v if i == 0 else ''} |")
     return lines
 
@@ -171,13 +176,13 @@ def headline(all_results: Dict[str, Sequence[Dict[str, Any]]]) -> List[str]:
                 w[0], w[1] = min(w[0], r["psnr"]), min(w[1], r["psnr_min"])
                 w[2] += r["compute"]
                 w[3] += 1
-                below[r["setting"]] = below.get(r["setting"], 0) + int(r["psnr"] < QUALITY_DB or r["acc"] < res["acc_ref"] - 1e-9)
+                below[r["setting"]] = below.get(r["setting"], 0) + int(not ok_quality(r, res["acc_ref"]))
     lines = [f"New default (balanced feedback) vs old fixed default, over {sum(counts.values())} model x scenario cells: "
              + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".", "",
              "| setting | worst pooled PSNR | worst seed PSNR | mean blocks computed | cells below 40 dB or accuracy |",
              "|---|---|---|---|---|"]
     for s, (wp, ws, c, n) in worst.items():
-        lines.append(f"| {s} | {_db(wp)} | {_db(ws)} | {100 * c / max(1, n):.0f}% | {below[s]}/{n} |")
+        lines.append(f"| {s} | {fmt_db(wp)} | {fmt_db(ws)} | {100 * c / max(1, n):.0f}% | {below[s]}/{n} |")
     return lines
 
 

@@ -110,7 +110,7 @@ class LogSubscriber:
                  reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
                  est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs),
                  **report.error_percentiles([s.error for s in steps if s.error is not None],
-                                            p.get("error_budget", getattr(options, "error_budget", None))))
+                                            p.get("error_budget")))
 
 
 def _ensure_visible() -> None:

@@ -94,7 +94,7 @@ class CacheEngine:
         fb = self.feedback
         return {"options": self.options, "middle_share": self.layout.middle_share, "family": self.family,
                 "setting": setting, "cache_bytes_by_device": self.buffer_bytes_by_device(run),
-                "error_budget": fb.run_budget() if fb is not None else None,
+                "error_budget": self.run_budget(),
                 "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None}
 
     def run_budget(self) -> Optional[float]:
