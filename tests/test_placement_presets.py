@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cachedit
-from cachedit.config import QUALITY_PRESETS, resolve_options
+from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
 from cachedit.config.presets import RunInfo, detect_family, family_of, plan_run
 from cachedit.manager import placement as placement_mod
@@ -153,6 +153,29 @@ def test_wan_experts_unets_and_standard():
     assert "few-step" in plan_run("fast", "flux", RunInfo(4)).label()
 
 
+def test_pipeline_steps_pick_the_few_step_rule():
+    """A diffusers-style pipeline says its step count (`num_timesteps`) when its run starts, so the
+    few-step rule applies without num_inference_steps; a transformer enabled alone does not say it,
+    and an explicit config turns the preset rules off."""
+    from cachedit.bundled import digits as D
+
+    model = D.load_model("flux")
+    seen = []
+    for target, steps in ((model, 8), (model, 28), (model.transformer, 8)):
+        cachedit.enable_cache(target)
+        D.generate(model, [1], num_steps=steps, cfg_mode="none", seed=0)
+        engine = cachedit.get_manager().entry(model.transformer).engine
+        seen.append((engine.run_settings.rule, engine.options.cache_config.max_warmup_steps))
+        cachedit.disable_cache(target)
+    assert seen == [("few-step", 4), ("standard", ADAPTIVE_DEFAULTS["max_warmup_steps"]),
+                    ("standard", ADAPTIVE_DEFAULTS["max_warmup_steps"])]
+    cachedit.enable_cache(model, quality="balanced", cache_config=cachedit.DBCacheConfig(max_warmup_steps=1))
+    D.generate(model, [1], num_steps=8, cfg_mode="none", seed=0)
+    engine = cachedit.get_manager().entry(model.transformer).engine
+    assert engine.run_settings is None and engine.options.cache_config.max_warmup_steps == 1
+    cachedit.disable_cache(model)
+
+
 def test_few_step_run_in_library_and_log_line(caplog):
     model = TwoListDiT()
     cachedit.enable_cache(model, quality="balanced", name="schnell")
@@ -163,7 +186,7 @@ def test_few_step_run_in_library_and_log_line(caplog):
     with caplog.at_level(logging.INFO, logger="cachedit"):
         _sample(model, steps=8)
         engine.finish_run()
-    assert engine.options.cache_config.max_warmup_steps == 4 and engine.base_options.cache_config.max_warmup_steps == 3
+    assert engine.options.cache_config.max_warmup_steps == 4 and engine.base_options.cache_config.max_warmup_steps == ADAPTIVE_DEFAULTS["max_warmup_steps"]
     lines = [r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage()]
     assert lines and "family='flux'" not in lines[0]  # TwoListDiT is no known class
     assert "family='dit'" in lines[0] and "few-step: budget 0.15, warmup 4, max in a row 1, max reused 2" in lines[0]

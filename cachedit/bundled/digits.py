@@ -137,7 +137,8 @@ class DigitsModel:
         ehs, pooled = self.label_embedder(labels)
         return ehs.to(p.dtype), (pooled.to(p.dtype) if pooled is not None else None)
 
-    # Set by generate() for the run in progress, as a diffusers pipeline sets them in __call__:
+    # Set by generate() for the run in progress, as a diffusers pipeline sets them in __call__
+    # (guidance_scale, do_classifier_free_guidance, num_timesteps):
     # CacheDit reads them when enable_cache was given this model (cachedit/manager/guidance.py).
     @property
     def guidance_scale(self) -> Optional[float]:
@@ -146,6 +147,10 @@ class DigitsModel:
     @property
     def do_classifier_free_guidance(self) -> bool:
         return bool(getattr(self, "_do_cfg", False))
+
+    @property
+    def num_timesteps(self) -> Optional[int]:
+        return getattr(self, "_num_timesteps", None)
 
     @property
     def device(self) -> torch.device:
@@ -273,6 +278,7 @@ def generate(
     arch = A.get_arch(model.arch)
 
     model._guidance_scale, model._do_cfg = float(guidance_scale), cfg_mode != "none" and guidance_scale > 1
+    model._num_timesteps = num_steps
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     b = labels.shape[0]
     latents = A.initial_latents(arch.name, b, seed, device=device, dtype=dtype)

@@ -31,6 +31,7 @@ from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
 from .decisions import Decider, Measured
 from .distributed import DecisionGroup
 from .feedback import ErrorFeedback
+from .guidance import PipelineRun
 from .layout import BlockLayout
 from .placement import CachePlacement, bytes_by_device
 from .step_reuse import StepReuse
@@ -58,8 +59,9 @@ class CacheEngine:
         self.family = "dit"  # config/presets.py: set by whoever enables the cache (from the model's class)
         self.expert: Optional[str] = None  # Wan 2.2: "high" / "low" when the caller knows (presets.expert_of)
         self.run_settings: Optional[RunSettings] = None  # what the preset chose for the current/last run
-        # The run's CFG scale where the caller has no RunInfo for it (a diffusers pipeline: guidance.py)
-        self.guidance_probe: Optional[Callable[[], Optional[float]]] = None
+        # The run's CFG scale and steps where the caller has no RunInfo for them (a diffusers
+        # pipeline: guidance.probe_for)
+        self.pipeline_probe: Optional[Callable[[], PipelineRun]] = None
         self.placement = CachePlacement(options.cache_device)
         self._configure(options, list_lengths, clone_inputs)
 
@@ -109,16 +111,18 @@ class CacheEngine:
         """A run starts: with a preset, its family rules pick this run's settings (presets.py)."""
         hint = getattr(self.placer.local, "hint", None)
         self.placer.local.hint = None
+        piped = self.pipeline_probe() if self.pipeline_probe is not None else None
         if self.feedback is not None:  # guidance multiplies reuse errors: the budget follows it
             guidance = hint.guidance if hint is not None else None
-            if guidance is None and self.guidance_probe is not None:
-                guidance = self.guidance_probe()
+            if guidance is None and piped is not None:
+                guidance = piped.guidance
             self.feedback.guidance = guidance
         if self.base_options.preset is None:
             return
         info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)
-        if info.total_steps is None and run.total_steps is not None:
-            info = RunInfo(run.total_steps, info.start, info.end, info.guidance)
+        steps = run.total_steps if run.total_steps is not None else piped.steps if piped is not None else None
+        if info.total_steps is None and steps is not None:
+            info = RunInfo(steps, info.start, info.end, info.guidance)
         self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert)
         self.options = apply_settings(self.base_options, self.run_settings)
         self.strategy = self.decider.strategy = make_strategy(self.options, self.feedback)

@@ -1,4 +1,4 @@
-"""The run's classifier-free guidance scale, read from the pipeline that runs the model.
+"""The run's classifier-free guidance scale and step count, read from the pipeline that runs the model.
 
 Error feedback scales its budget down at high guidance (feedback.py). ComfyUI tells the engine the
 guider's cfg before each run (RunInfo); a diffusers pipeline knows its own: inside `__call__` it
@@ -7,10 +7,16 @@ sets `guidance_scale` and says through `do_classifier_free_guidance` whether tha
 `guidance_scale` is an embedded, distilled guidance (FLUX.1-dev) or whose CFG scale is another
 argument (`true_cfg_scale`: Qwen-Image, HunyuanVideo) have no such property and are left alone,
 as are modules enabled without their pipeline (the engine then keeps the budget as given).
+
+The step count comes from the same place: diffusers pipelines set `num_timesteps` (the length of
+their timestep schedule) before the denoising loop, so it is there when the first model call of a
+run starts it: the presets' few-step rule (FLUX schnell, Lightning / Turbo LoRAs) then applies in
+diffusers as it does in ComfyUI (presets.py), without `num_inference_steps` in the cache config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from typing import Any, Callable, Optional
@@ -29,16 +35,37 @@ def pipeline_guidance(pipe: Any) -> Optional[float]:
     return float(g)
 
 
-def probe_for(pipe: Any) -> Optional[Callable[[], Optional[float]]]:
-    """A callable reading `pipe`'s guidance at each run start, holding `pipe` weakly (None when
-    `pipe` takes no weak references)."""
+def pipeline_steps(pipe: Any) -> Optional[int]:
+    """The number of timesteps `pipe`'s current call runs (`num_timesteps`), or None."""
+    try:
+        n = getattr(pipe, "num_timesteps", None)
+    except Exception:  # not set before the first call on some pipelines
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return None
+    return n
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    """What a pipeline says about the run it is in: its CFG scale and its number of steps."""
+
+    guidance: Optional[float]
+    steps: Optional[int]
+
+
+def probe_for(pipe: Any) -> Optional[Callable[[], PipelineRun]]:
+    """A callable reading `pipe`'s guidance and steps at each run start, holding `pipe` weakly
+    (None when `pipe` takes no weak references)."""
     try:
         ref = weakref.ref(pipe)
     except TypeError:
         return None
 
-    def probe() -> Optional[float]:
+    def probe() -> PipelineRun:
         target = ref()
-        return None if target is None else pipeline_guidance(target)
+        if target is None:
+            return PipelineRun(None, None)
+        return PipelineRun(pipeline_guidance(target), pipeline_steps(target))
 
     return probe

@@ -175,12 +175,12 @@ class CacheManager:
         pipe_hooks.hook_calls(pipe, self._pipe_boundary)
 
     def watch_guidance(self, pipe: Any, modules: Sequence[nn.Module]) -> None:
-        """Let the engines of `modules` read `pipe`'s CFG scale at each run start (guidance.py)."""
+        """Let the engines of `modules` read `pipe`'s CFG scale and steps at each run start (guidance.py)."""
         probe = guidance.probe_for(pipe)
         for module in modules:
             entry = self.entry(module)
             for engine in entry.engines if entry is not None else ():
-                engine.guidance_probe = probe
+                engine.pipeline_probe = probe
 
     def unlink_pipe(self, pipe: Any) -> None:
         """Forget `pipe`'s link and restore its call."""
