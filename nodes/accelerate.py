@@ -65,8 +65,8 @@ class CacheDitAdvancedConfig(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to accelerate."),
                 io.Combo.Input("strategy", options=list(STRATEGIES), default="adaptive",
-                               tooltip="adaptive: reuse when the first blocks' output barely changed (measured each "
-                                       "step). fixed: after warmup, every skip_interval-th step reuses. dynamic: "
+                               tooltip="adaptive: reuse when the probe (the blocks' input, or the first Fn blocks' "
+                                       "output) barely changed (measured each step). fixed: after warmup, every skip_interval-th step reuses. dynamic: "
                                        "reuse more as sampling progresses, up to skip_interval steps in a row."),
                 io.Int.Input("skip_interval", default=2, min=1, max=10,
                              tooltip="fixed: one step in every skip_interval reuses the cache. dynamic: the longest "
@@ -84,7 +84,8 @@ class CacheDitAdvancedConfig(io.ComfyNode):
                                                   "the uncached image. 0 never reuses."),
                 io.Int.Input("Fn_compute_blocks", default=d["Fn_compute_blocks"], min=0, max=64,
                              tooltip="First blocks that always compute; their output change is the probe adaptive "
-                                     "measures."),
+                                     "measures. 0 (default): the probe is the blocks' input, and a reused step "
+                                     "runs no block."),
                 io.Int.Input("Bn_compute_blocks", default=d["Bn_compute_blocks"], min=0, max=64,
                              tooltip="Last blocks that always compute, refining a reused result."),
                 io.Int.Input("max_continuous_cached_steps", default=d["max_continuous_cached_steps"], min=-1, max=50,

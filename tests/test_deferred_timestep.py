@@ -43,9 +43,15 @@ def test_deferred_placement_equals_immediate(tiny_flux, monkeypatch, settings, m
         assert torch.equal(a, b)
 
 
-def test_call_is_pending_until_the_probe(tiny_flux, monkeypatch):
+@pytest.mark.parametrize("fn", [1, 0])
+def test_call_is_pending_until_the_probe(tiny_flux, monkeypatch, fn):
+    """Fn 1: pending at block 0's input, placed once its output (the probe) was seen; Fn 0 (the
+    default): the probe is the blocks' input, so the call is placed before block 0 runs."""
+    from cachedit.config import ADAPTIVE_DEFAULTS
+
     monkeypatch.setattr(torch_hooks, "DEFERRED_TIMESTEP_DEVICES", ("cuda", "cpu"))
-    cachedit.enable_cache(tiny_flux)
+    cachedit.enable_cache(tiny_flux, quality="balanced",
+                          cache_config=cachedit.DBCacheConfig(**dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=fn)))
     engine = cachedit.get_manager().entry(tiny_flux).engine
     seen = []
     block0 = tiny_flux.transformer_blocks[0]
@@ -60,7 +66,7 @@ def test_call_is_pending_until_the_probe(tiny_flux, monkeypatch):
     block0.forward = spy
     sample(tiny_flux, steps=4)
     del block0.forward
-    assert seen == [True, False] * 4  # pending at block 0's input, placed once its output (the probe) was seen
+    assert seen == [bool(fn), False] * 4
 
 
 def test_failure_before_placement_starts_the_next_run_clean(tiny_flux, monkeypatch):

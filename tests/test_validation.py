@@ -17,7 +17,7 @@ import torch
 import cachedit
 from cachedit import (BlockAdapter, DBCacheConfig, ForwardPattern, GlobalConfig, ParamsModifier,
                       TaylorSeerCalibratorConfig)
-from cachedit.config import CacheOptions
+from cachedit.config import ADAPTIVE_DEFAULTS, CacheOptions
 from tiny_dits import TinyDiT, sample
 
 NAN = float("nan")
@@ -197,7 +197,8 @@ def test_keywords_of_the_other_functions():
     for kwargs in bad_refresh:
         with pytest.raises(ValueError, match="allowed"):
             cachedit.refresh_context(model, **kwargs)
-    assert cachedit.get_manager().entry(model).engine.options.cache_config.Fn_compute_blocks == 1  # unchanged
+    assert cachedit.get_manager().entry(model).engine.options.cache_config.Fn_compute_blocks == \
+        ADAPTIVE_DEFAULTS["Fn_compute_blocks"]  # unchanged
     with pytest.raises(ValueError, match="^obj has the key 'Fn_blocks'"):
         cachedit.strify({"Fn_blocks": 1})
     with pytest.raises(ValueError, match="max_warmup_steps=-1 is invalid"):

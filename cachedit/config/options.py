@@ -44,24 +44,31 @@ class GlobalConfig:
         return self
 
 
-# Defaults of the `adaptive` strategy when the user passes no cache config: a 1-block probe, a
-# short warmup and a cap on consecutive reuse; the threshold is only the starting point, error
-# feedback moves it to where the measured reuse error meets the quality preset's budget.
+# Defaults of the `adaptive` strategy when the user passes no cache config: the probe is the block
+# stack's input (Fn 0: a reused step runs no block at all), a short warmup and a cap on consecutive
+# reuse; the threshold is only the starting point, error feedback moves it to where the measured
+# reuse error meets the quality preset's budget. Screened on the bundled models' hard scenarios
+# (benchmarks/results/candidates.md): the input probe, calibrated by feedback, kept every cell at
+# >= 40 dB where the first block's residual (Fn 1) with the same warmup and cap lost three, and
+# reuses more at 28 steps (42-43% of the block compute instead of 46-48%).
 ADAPTIVE_DEFAULTS = dict(
-    Fn_compute_blocks=1,
+    Fn_compute_blocks=0,
     Bn_compute_blocks=0,
     residual_diff_threshold=0.24,
-    max_warmup_steps=3,
+    max_warmup_steps=2,
     warmup_interval=1,
     max_cached_steps=-1,
-    max_continuous_cached_steps=3,
+    max_continuous_cached_steps=4,
 )
 ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
+# The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
+# probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
+SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)
 
 # Quality presets: the error budget of each (the relative error a reused step may make, measured
 # on the model itself; see cachedit/manager/feedback.py). Chosen on the bundled models across
 # layouts, step counts, seeds and CFG modes (benchmarks/results/defaults.md).
-QUALITY_PRESETS = {"quality": 0.08, "balanced": 0.15, "fast": 0.25}
+QUALITY_PRESETS = {"quality": 0.08, "balanced": 0.15, "fast": 0.2}
 QUALITY_ALIASES = {"high": "quality"}
 DEFAULT_QUALITY = "balanced"
 CACHE_DEVICES = ("auto", "model", "cpu")  # cache_device values
@@ -223,6 +230,8 @@ def resolve_options(
         config = copy_cache_config(cache_config)  # a DBPruneConfig stays one
     elif cache_legacy:
         config = DBCacheConfig()
+    elif (strategy or global_config.default_strategy) in ("fixed", "dynamic"):
+        config = DBCacheConfig(**SCHEDULE_DEFAULTS)
     else:
         config = DBCacheConfig(**ADAPTIVE_DEFAULTS)
     config.update(**cache_legacy)
@@ -271,7 +280,4 @@ def resolve_options(
             and start_percent is None and end_percent is None:
         # the budget came from a preset and nothing it would change was set: family rules apply
         options.preset = QUALITY_ALIASES.get(quality, quality) if quality is not None else DEFAULT_QUALITY
-    if options.strategy in ("fixed", "dynamic") and not user_tuned and warmup_steps is None:
-        # Step-schedule strategies keep a short warmup too; the DBCache threshold is unused.
-        config.max_warmup_steps = ADAPTIVE_DEFAULTS["max_warmup_steps"]
     return options.validate()

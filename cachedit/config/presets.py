@@ -19,8 +19,12 @@ settings of cache-dit and the peers (sources in README "Presets"):
   own EasyCache, reuse only between 15% and 95% of the denoising.
 
 Everything else (FLUX dev, Qwen-Image, HunyuanVideo, ...) runs the budget with the adaptive
-defaults. Rules apply only to what the user did not set: any cache config, warmup or window
-given explicitly turns them off (`CacheOptions.preset` is None then).
+defaults. (A cap on reused steps in a row of 15% of the run, 8 at 50 steps, was tried: 50-step
+runs went from 25% to 17-21% of the block compute, but batch-1 runs fell to 37-39 dB on the bundled
+models; the budget's step-size scaling does not hold for streaks that long:
+benchmarks/results/runs/2026-11-30_defaults_long_streak.md.) Rules apply only to what the user did
+not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
+is None then).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def warn_setup(engine: Any, detail: str = "", hint: str = " Pass blocks=['<list 
 
 def warn_warmup_covers_run(engine: Any, steps: int, reused: int = 0) -> bool:
     """Say once per model when warmup left no step of a run that could reuse (a 4-8 step distilled
-    model with the default warmup 3: the one step after warmup is the last, never reused).
+    model with a warmup of 3: the one step after warmup is the last, never reused).
     `steps`: the run's steps, `reused`: its reused decisions. Returns whether it warned."""
     strategy = engine.strategy
     if steps <= 0 or reused or (engine.num_middle == 0 and not engine.step_level):

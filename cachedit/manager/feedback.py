@@ -1,7 +1,8 @@
 """Error feedback: the adaptive threshold calibrated from the errors the cache actually makes.
 
 A probe threshold means different things on different models: the same relative change of the
-first block's residual comes with a small reuse error on one model and a visible one on another.
+probe (the blocks' input, or the first blocks' residual) comes with a small reuse error on one
+model and a visible one on another.
 Every computed step shows the truth: the residual the cache would have reused there (the last
 one, or TaylorSeer's prediction) against the one just computed. Its relative error (to the
 segment's output, what the rest of the model sees; the worst batch element counts) is paired with

@@ -62,10 +62,10 @@ def test_accelerate_fast_few_step_run_and_log_line(pack, comfy_harness, caplog):
     with caplog.at_level(logging.INFO, logger="cachedit"):
         _sample(h, model, steps=8)
     engine = _engine(model)
-    assert engine.run_settings.rule == "few-step" and engine.options.error_budget == 0.25
+    assert engine.run_settings.rule == "few-step" and engine.options.error_budget == 0.2
     lines = [r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage()]
     assert len(lines) == 1 and "family='flux'" in lines[0], lines
-    assert "setting='fast, few-step: budget 0.25, warmup 3, max in a row 1, max reused 3'" in lines[0], lines
+    assert "setting='fast, few-step: budget 0.2, warmup 3, max in a row 1, max reused 3'" in lines[0], lines
     import cachedit
 
     record = cachedit.get_manager().stats.last_record(engine.key)
