@@ -11,7 +11,7 @@ as are modules enabled without their pipeline (the engine then keeps the budget 
 The step count comes from the same place: diffusers pipelines set `num_timesteps` (the length of
 their timestep schedule) before the denoising loop, so it is there when the first model call of a
 run starts it: the presets' few-step rule (FLUX schnell, Lightning / Turbo LoRAs) then applies in
-diffusers as it does in ComfyUI (presets.py), without `num_inference_steps` in the cache config.
+diffusers as it does in ComfyUI (presets.py); a transformer enabled alone does not know its steps.
 """
 
 from __future__ import annotations
