@@ -66,8 +66,9 @@ class CacheDitAdvancedConfig(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model to accelerate."),
                 io.Combo.Input("strategy", options=list(STRATEGIES), default="adaptive",
                                tooltip="adaptive: reuse when the probe (the blocks' input, or the first Fn blocks' "
-                                       "output) barely changed (measured each step). fixed: after warmup, every skip_interval-th step reuses. dynamic: "
-                                       "reuse more as sampling progresses, up to skip_interval steps in a row."),
+                                       "output) barely changed (measured each step). fixed: after warmup, every "
+                                       "skip_interval-th step reuses. dynamic: reuse more as sampling progresses, up "
+                                       "to skip_interval steps in a row."),
                 io.Int.Input("skip_interval", default=2, min=1, max=10,
                              tooltip="fixed: one step in every skip_interval reuses the cache. dynamic: the longest "
                                      "run of reused steps. Unused by adaptive."),

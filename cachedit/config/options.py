@@ -225,12 +225,13 @@ def resolve_options(
     cache_legacy = {k: v for k, v in legacy.items() if k in LEGACY_CACHE_KWARGS}
     cal_legacy = {k: v for k, v in legacy.items() if k in LEGACY_CALIBRATOR_KWARGS}
     user_tuned = cache_config is not None or bool(cache_legacy)
+    chosen_strategy = strategy or global_config.default_strategy  # what the defaults below go by
 
     if cache_config is not None:
         config = copy_cache_config(cache_config)  # a DBPruneConfig stays one
     elif cache_legacy:
         config = DBCacheConfig()
-    elif (strategy or global_config.default_strategy) in ("fixed", "dynamic"):
+    elif chosen_strategy in ("fixed", "dynamic"):
         config = DBCacheConfig(**SCHEDULE_DEFAULTS)
     else:
         config = DBCacheConfig(**ADAPTIVE_DEFAULTS)
@@ -255,7 +256,7 @@ def resolve_options(
         )
     elif cal_legacy.get("taylorseer_order") is not None:
         check_int("taylorseer_order", cal_legacy["taylorseer_order"], 0, 4)  # given without enable_taylorseer
-    if calibrator is None and not user_tuned and (strategy or global_config.default_strategy) == "adaptive" \
+    if calibrator is None and not user_tuned and chosen_strategy == "adaptive" \
             and cal_legacy.get("enable_taylorseer") is None and cal_legacy.get("taylorseer_order") != 0:
         # The default's TaylorSeer, unless the user turned it off (enable_taylorseer=False or
         # taylorseer_order=0); a taylorseer_order alone sets the default's order.
@@ -272,7 +273,7 @@ def resolve_options(
         blocks=blocks,
         start_percent=0.0 if start_percent is None else start_percent,
         end_percent=1.0 if end_percent is None else end_percent,
-        error_budget=_error_budget(error_budget, quality, strategy or global_config.default_strategy, user_tuned),
+        error_budget=_error_budget(error_budget, quality, chosen_strategy, user_tuned),
         distributed="auto" if distributed is None else distributed,
         cache_device="auto" if cache_device is None else cache_device,
     )
