@@ -33,7 +33,8 @@ class CacheDitAccelerate(io.ComfyNode):
                 io.Combo.Input("preset", options=list(QUALITY_PRESETS), default=DEFAULT_QUALITY,
                                tooltip="quality: closest to the uncached result. balanced: the default. fast: reuse "
                                        "more. Each is an error budget the cache measures itself against, plus "
-                                       "per-model rules: few-step (distilled) runs, Wan 2.2's two experts, UNets."),
+                                       "per-run rules: few-step (distilled) runs, runs of 20+ steps (second-order "
+                                       "prediction), Wan 2.2's two experts, UNets."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The accelerated model; connect it to KSampler. The input model is unchanged."),

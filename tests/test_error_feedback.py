@@ -34,6 +34,21 @@ def test_ratio_per_gap_and_progress_bucket():
     assert fb.observations == 3 and bucket_of(0.1) not in {b for _, b in fb.log_ratios}
 
 
+def test_each_taylorseer_order_keeps_its_own_ratios():
+    """Runs predicted with another order (a preset's long runs use order 2) neither read nor move
+    the ratios measured with the first; switching back finds them again."""
+    fb = ErrorFeedback(budget=0.1, initial_threshold=0.24)
+    fb.use_predictor(1)
+    fb.observe(gap=1, progress=0.5, error=0.05, diff=0.1)
+    fb.use_predictor(2)
+    assert fb.ratio(1, 0.5) is None and fb.threshold_at(1, 0.5) == 0.24
+    fb.observe(gap=1, progress=0.5, error=0.01, diff=0.1)
+    fb.use_predictor(2)  # the same order again: nothing changes
+    assert fb.ratio(1, 0.5) == pytest.approx(0.1)
+    fb.use_predictor(1)
+    assert fb.ratio(1, 0.5) == pytest.approx(0.5)
+
+
 def test_budget_scales_with_the_step_span():
     """The budget is stated for 28-step spans: a quarter of the span (112 steps) doubles it, four
     times the span (7 steps) halves it, within [0.5, 2]; the span is the progress between the last

@@ -14,7 +14,8 @@ import torch
 import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
-from cachedit.config.presets import RunInfo, detect_family, family_of, plan_run
+from cachedit.config.options import LONG_RUN_STEPS
+from cachedit.config.presets import LONG_RUN_BUDGETS, RunInfo, apply_settings, detect_family, family_of, plan_run
 from cachedit.manager import placement as placement_mod
 from cachedit.manager.placement import CachePlacement, bytes_by_device
 from tests.tiny_dits import DIM, TwoListDiT
@@ -36,7 +37,7 @@ def _sample(model, steps: int = 12, batch: int = 2, seed: int = 0):
 
 def _opts(**kw):
     return resolve_options(None, None, strategy=None, skip_interval=None, warmup_steps=kw.pop("warmup_steps", None),
-                           noise_scale=None, debug=None, global_config=GlobalConfig(), legacy={}, **kw)
+                           noise_scale=None, debug=None, global_config=GlobalConfig(), legacy=kw.pop("legacy", {}), **kw)
 
 
 # -- cache_device -----------------------------------------------------------------------------------
@@ -153,6 +154,50 @@ def test_wan_experts_unets_and_standard():
     assert "few-step" in plan_run("fast", "flux", RunInfo(4)).label()
 
 
+def test_long_runs_predict_with_order_two_at_their_budget():
+    """A run of LONG_RUN_STEPS or more steps (the whole denoising's, for a split run) gets TaylorSeer
+    order 2 and the long-run budget, only when it runs the default's own TaylorSeer; shorter runs,
+    runs of unknown length and Wan's experts keep the standard budget and the order they have."""
+    long = plan_run("balanced", "flux", RunInfo(LONG_RUN_STEPS), default_taylorseer=True)
+    assert (long.rule, long.budget, long.taylorseer_order) == ("long run", LONG_RUN_BUDGETS["balanced"], 2)
+    assert long.label() == "balanced, long run: budget 0.2, warmup 2, TaylorSeer 2"
+    for run, default_taylorseer in ((RunInfo(LONG_RUN_STEPS - 1), True), (RunInfo(), True), (RunInfo(50), False)):
+        short = plan_run("balanced", "flux", run, default_taylorseer=default_taylorseer)
+        assert short.rule == "standard" and short.taylorseer_order is None and short.budget == QUALITY_PRESETS["balanced"]
+    assert plan_run("quality", "qwen-image", RunInfo(10, 0.5, 1.0), default_taylorseer=True).rule == "long run"  # 20 in all
+    assert plan_run("balanced", "wan", RunInfo(25, 0.0, 0.5), default_taylorseer=True).rule == "high-noise expert"
+    assert {p: plan_run(p, "dit", RunInfo(50), default_taylorseer=True).budget for p in QUALITY_PRESETS} == LONG_RUN_BUDGETS
+
+    base = _opts(quality="fast")
+    assert base.default_taylorseer and base.taylorseer_order == 1 and base.max_taylorseer_order == 2
+    run = apply_settings(base, plan_run("fast", "flux", RunInfo(28), default_taylorseer=base.default_taylorseer))
+    assert (run.taylorseer_order, run.error_budget, base.taylorseer_order) == (2, 0.25, 1)  # the base is not changed
+    chosen = _opts(legacy={"taylorseer_order": 1})  # an order the user chose stays
+    assert chosen.preset == "balanced" and not chosen.default_taylorseer and chosen.max_taylorseer_order == 1
+    assert not _opts(legacy={"enable_taylorseer": False}).default_taylorseer
+
+
+@pytest.mark.parametrize("steps, order, budget", [(24, 2, LONG_RUN_BUDGETS["balanced"]), (16, 1, QUALITY_PRESETS["balanced"])])
+def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget):
+    """What a run rule picks is what runs: the default's images of a long run are bit-identical to
+    the explicit config of that rule (TaylorSeer order 2 at the long-run budget), and of a shorter
+    run to order 1 at the preset's budget (the block cache takes the run's order, not the order
+    the model was enabled with)."""
+    from cachedit.bundled import digits as D
+
+    model = D.load_model("flux")
+    explicit = dict(cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS),
+                    calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order), error_budget=budget)
+    images = []
+    for kwargs in ({}, explicit):
+        cachedit.enable_cache(model, **kwargs)
+        images.append(D.generate(model, [3, 7], num_steps=steps, cfg_mode="none", seed=1))
+        stats = cachedit.summary(model.transformer, logging=False)[0]
+        assert stats.cached_steps  # steps were reused: the order mattered
+        cachedit.disable_cache(model)
+    assert torch.equal(images[0], images[1])
+
+
 def test_pipeline_steps_pick_the_few_step_rule():
     """A diffusers-style pipeline says its step count (`num_timesteps`) when its run starts, so the
     few-step rule applies without num_inference_steps; a transformer enabled alone does not say it,
@@ -161,14 +206,16 @@ def test_pipeline_steps_pick_the_few_step_rule():
 
     model = D.load_model("flux")
     seen = []
-    for target, steps in ((model, 8), (model, 28), (model.transformer, 8)):
+    for target, steps in ((model, 8), (model, 28), (model.transformer, 8), (model.transformer, 28)):
         cachedit.enable_cache(target)
         D.generate(model, [1], num_steps=steps, cfg_mode="none", seed=0)
         engine = cachedit.get_manager().entry(model.transformer).engine
-        seen.append((engine.run_settings.rule, engine.options.cache_config.max_warmup_steps))
+        seen.append((engine.run_settings.rule, engine.options.cache_config.max_warmup_steps,
+                     engine.options.taylorseer_order, engine.feedback.budget))
         cachedit.disable_cache(target)
-    assert seen == [("few-step", 4), ("standard", ADAPTIVE_DEFAULTS["max_warmup_steps"]),
-                    ("standard", ADAPTIVE_DEFAULTS["max_warmup_steps"])]
+    warmup, budget = ADAPTIVE_DEFAULTS["max_warmup_steps"], QUALITY_PRESETS["balanced"]
+    assert seen == [("few-step", 4, 1, budget), ("long run", warmup, 2, LONG_RUN_BUDGETS["balanced"]),
+                    ("standard", warmup, 1, budget), ("standard", warmup, 1, budget)]
     cachedit.enable_cache(model, quality="balanced", cache_config=cachedit.DBCacheConfig(max_warmup_steps=1))
     D.generate(model, [1], num_steps=8, cfg_mode="none", seed=0)
     engine = cachedit.get_manager().entry(model.transformer).engine

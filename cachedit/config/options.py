@@ -61,6 +61,12 @@ ADAPTIVE_DEFAULTS = dict(
     max_continuous_cached_steps=4,
 )
 ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
+# A run of LONG_RUN_STEPS or more steps (when the run tells its steps) predicts reused steps with
+# TaylorSeer order 2 at its own budget (config/presets.py: LONG_RUN_BUDGETS); shorter runs and runs
+# whose steps are unknown keep order 1, as second-order extrapolation over long spans (12 Euler
+# steps, Heun's half steps) fell to 32 dB on the bundled models.
+LONG_RUN_STEPS = 20
+LONG_RUN_TAYLORSEER_ORDER = 2
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
 SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)
@@ -108,6 +114,9 @@ class CacheOptions:
     # the quality preset whose per-family run rules apply (config/presets.py); None: the user set
     # the config, warmup or window, which the rules then leave alone
     preset: Optional[str] = None
+    # the calibrator is the default's own (the user chose no TaylorSeer setting): a preset's run
+    # rules may change its order
+    default_taylorseer: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +128,13 @@ class CacheOptions:
         if cal is None or not cal.enable_calibrator:
             return 0
         return int(cal.taylorseer_order)
+
+    @property
+    def max_taylorseer_order(self) -> int:
+        """The highest order any run may use (a preset's long-run rule may raise the default's)."""
+        if self.default_taylorseer and self.preset is not None and self.taylorseer_order:
+            return max(self.taylorseer_order, LONG_RUN_TAYLORSEER_ORDER)
+        return self.taylorseer_order
 
     def validate(self) -> "CacheOptions":
         """Raise ValueError naming the first invalid option."""
@@ -262,6 +278,9 @@ def resolve_options(
         # taylorseer_order=0); a taylorseer_order alone sets the default's order.
         order = cal_legacy.get("taylorseer_order")
         calibrator = TaylorSeerCalibratorConfig(taylorseer_order=ADAPTIVE_DEFAULT_TAYLORSEER_ORDER if order is None else order)
+        default_taylorseer = order is None
+    else:
+        default_taylorseer = False
 
     options = CacheOptions(
         strategy=strategy if strategy is not None else global_config.default_strategy,
@@ -281,4 +300,5 @@ def resolve_options(
             and start_percent is None and end_percent is None:
         # the budget came from a preset and nothing it would change was set: family rules apply
         options.preset = QUALITY_ALIASES.get(quality, quality) if quality is not None else DEFAULT_QUALITY
+        options.default_taylorseer = default_taylorseer
     return options.validate()

@@ -19,7 +19,14 @@ settings of cache-dit and the peers (sources in README "Presets"):
   own EasyCache, reuse only between 15% and 95% of the denoising.
 
 Everything else (FLUX dev, Qwen-Image, HunyuanVideo, ...) runs the budget with the adaptive
-defaults. (A cap on reused steps in a row of 15% of the run, 8 at 50 steps, was tried: 50-step
+defaults, and a **long run** (LONG_RUN_STEPS or more steps, when the run tells its steps: ComfyUI's
+sigmas, a diffusers pipeline's `num_timesteps`) predicts its reused steps with TaylorSeer order 2 at
+a budget of its own (LONG_RUN_BUDGETS): a second-order prediction over short spans is closer to the
+computed step than its first-order budget asks for, so the same image quality costs fewer computed
+steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44.5 dB instead of
+42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md). Below 20 steps order 2
+fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. The rule
+changes only the default's own TaylorSeer (not an order the user chose). (A cap on reused steps in a row of 15% of the run, 8 at 50 steps, was tried: 50-step
 runs went from 25% to 17-21% of the block compute, but batch-1 runs fell to 37-39 dB on the bundled
 models; the budget's step-size scaling does not hold for streaks that long:
 benchmarks/results/runs/2026-11-30_defaults_long_streak.md.) Rules apply only to what the user did
@@ -34,7 +41,7 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-from .options import ADAPTIVE_DEFAULTS, QUALITY_PRESETS
+from .options import ADAPTIVE_DEFAULTS, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
 
 FEW_STEPS = 10  # a run of at most this many steps is a distilled few-step run
 # Warmup share of a few-step run per preset (cache-dit's 8-step masks: 5/8, 4/8, 3/8 computed first).
@@ -43,6 +50,8 @@ FEW_STEP_WARMUP_SHARE = {"quality": 5 / 8, "balanced": 4 / 8, "fast": 3 / 8}
 FEW_STEP_MAX_CACHED = {"quality": (1, 1), "balanced": (1, 2), "fast": (1, 3)}
 WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's Wan 2.2 example
 WAN_LOW_NOISE = {"max_warmup_steps": 2}
+# Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
+LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.25}
 UNET_WINDOW = (0.15, 0.95)  # ComfyUI's EasyCache defaults (start_percent, end_percent)
 SPLIT_MARGIN = 0.02  # a run starting after / ending before this share of the denoising is a split run
 
@@ -99,10 +108,11 @@ class RunSettings:
 
     preset: str
     family: str
-    rule: str  # "standard" | "few-step" | "high-noise expert" | "low-noise expert" | "step level"
+    rule: str  # "standard" | "long run" | "few-step" | "high-noise expert" | "low-noise expert" | "step level"
     budget: float
     config: dict  # DBCacheConfig fields changed by the rule
     window: Optional[tuple] = None  # (start_percent, end_percent) when the rule sets one
+    taylorseer_order: Optional[int] = None  # the default TaylorSeer's order when the rule sets one
 
     def label(self) -> str:
         """What the per-run log line and the stats node say, e.g. `balanced, few-step: warmup 4 ...`."""
@@ -110,16 +120,20 @@ class RunSettings:
         names = {"max_warmup_steps": "warmup", "max_continuous_cached_steps": "max in a row",
                  "max_cached_steps": "max reused"}
         parts += [f"{names[k]} {v}" for k, v in self.config.items()]
+        if self.taylorseer_order is not None:
+            parts.append(f"TaylorSeer {self.taylorseer_order}")
         if self.window is not None:
             parts.append(f"window {self.window[0]:g}-{self.window[1]:g}")
         return f"{self.preset}, {self.rule}: " + ", ".join(parts)
 
 
 def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
-             expert: Optional[str] = None) -> RunSettings:
+             expert: Optional[str] = None, default_taylorseer: bool = False) -> RunSettings:
     """The settings of one run of a `family` model at `preset` (see the module docstring).
     `expert`: "high" / "low" when the caller knows which Wan 2.2 expert this is (a diffusers
-    pipeline's transformer / transformer_2); else a Wan run's span of the denoising says it."""
+    pipeline's transformer / transformer_2); else a Wan run's span of the denoising says it.
+    `default_taylorseer`: the model runs the default's own TaylorSeer (the long-run rule may raise
+    its order)."""
     if preset not in QUALITY_PRESETS:
         raise ValueError(f"preset={preset!r} is invalid; allowed: {' | '.join(repr(p) for p in QUALITY_PRESETS)}")
     budget = QUALITY_PRESETS[preset]
@@ -139,8 +153,11 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
             return RunSettings(preset, family, "high-noise expert", budget, dict(WAN_HIGH_NOISE))
     if step_level or family == "unet":
         return RunSettings(preset, family, "step level", budget, {}, UNET_WINDOW)
-    return RunSettings(preset, family, "standard", budget,
-                       {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]})
+    config = {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]}
+    if default_taylorseer and whole is not None and whole >= LONG_RUN_STEPS - 0.5:
+        return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
+                           taylorseer_order=LONG_RUN_TAYLORSEER_ORDER)
+    return RunSettings(preset, family, "standard", budget, config)
 
 
 def apply_settings(options: Any, settings: RunSettings) -> Any:
@@ -150,6 +167,9 @@ def apply_settings(options: Any, settings: RunSettings) -> Any:
     out.error_budget = settings.budget
     for key, value in settings.config.items():
         setattr(out.cache_config, key, value)
+    if settings.taylorseer_order is not None and out.calibrator_config is not None:
+        out.calibrator_config = copy.copy(options.calibrator_config)
+        out.calibrator_config.taylorseer_order = settings.taylorseer_order
     if settings.window is not None:
         out.start_percent, out.end_percent = settings.window
     return out.validate()

@@ -123,11 +123,14 @@ class CacheEngine:
         steps = run.total_steps if run.total_steps is not None else piped.steps if piped is not None else None
         if info.total_steps is None and steps is not None:
             info = RunInfo(steps, info.start, info.end, info.guidance)
-        self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert)
+        self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert,
+                                     self.base_options.default_taylorseer)
         self.options = apply_settings(self.base_options, self.run_settings)
+        self.blocks.options = self.steps.options = self.options  # TaylorSeer's order is the run's
         self.strategy = self.decider.strategy = make_strategy(self.options, self.feedback)
         if self.feedback is not None:
             self.feedback.budget = self.options.error_budget
+            self.feedback.use_predictor(self.options.taylorseer_order)
 
     def reconfigure(self, options: CacheOptions) -> None:
         """Switch to new options (the caller re-installs hooks: block roles may change)."""

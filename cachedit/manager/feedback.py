@@ -14,7 +14,9 @@ smoothed in log space; a reuse at gap k is allowed while ratio x probe change st
 budget, so the probe threshold at gap k is budget / ratio. A gap not measured yet borrows the
 nearest shorter gap's ratio, scaled up by sqrt(k / j) (errors grow faster than the probe over a
 longer span). The ratios are kept across runs of the same model, so a second generation starts
-calibrated; before the first measurement the configured threshold is used.
+calibrated; before the first measurement the configured threshold is used. They are kept per
+TaylorSeer order (a preset's long runs predict with order 2, shorter ones with order 1: the same
+probe change costs a different error with each).
 
 The budget depends on the step size: a reused step's error moves the image in proportion to the
 step it is used for (Euler: x += v * d_sigma; progress follows the noise level), and the errors of
@@ -63,6 +65,18 @@ class ErrorFeedback:
     span: Optional[float] = None  # progress between the last two steps decided (None: not known yet)
     guidance: Optional[float] = None  # this run's CFG scale (None: not known, or no CFG)
     _progress: Optional[float] = None  # progress of the last step decided
+    _tables: Dict[int, Dict[Tuple[int, int], float]] = dataclasses.field(default_factory=dict)  # order -> log_ratios
+    _predictor: Optional[int] = None  # the TaylorSeer order `log_ratios` belongs to (None: not said yet)
+
+    def use_predictor(self, order: int) -> None:
+        """Calibrate for reuses predicted with TaylorSeer `order` (0: the last residual) from now
+        on: each order keeps its own ratios across runs."""
+        if self._predictor == order:
+            return
+        if self._predictor is not None:
+            self._tables[self._predictor] = self.log_ratios
+        self.log_ratios = self._tables.pop(order, {})
+        self._predictor = order
 
     def observe(self, gap: int, progress: float, error: float, diff: Optional[float]) -> None:
         """Take one measured (error, probe change) pair over `gap` steps at sampling `progress`."""

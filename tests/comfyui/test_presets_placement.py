@@ -108,8 +108,12 @@ def test_wan22_experts_each_own_cache_and_rule(comfy_harness):
     assert eh.run_settings.rule == "high-noise expert" and eh.options.cache_config.max_warmup_steps == 4
     assert eh.options.cache_config.max_cached_steps == 8
     assert el.run_settings.rule == "low-noise expert" and el.options.cache_config.max_warmup_steps == 2
-    _sample(h, high, "wan21_t2v", steps=20)  # a whole run (Wan 2.1, Wan 2.2 5B): the plain settings
-    assert eh.run_settings.rule == "standard" and eh.options.cache_config.max_cached_steps == -1
+    _sample(h, high, "wan21_t2v", steps=20)  # a whole run (Wan 2.1, Wan 2.2 5B): the plain settings, 20 steps: long
+    assert eh.run_settings.rule == "long run" and eh.options.cache_config.max_cached_steps == -1
+    assert (eh.options.taylorseer_order, eh.options.error_budget) == (2, 0.2)
+    assert cachedit.summary(high, logging=False)[0].cached_steps  # order 2 reused steps
+    _sample(h, high, "wan21_t2v", steps=14)  # shorter: order 1 again, at the preset's own budget
+    assert eh.run_settings.rule == "standard" and (eh.options.taylorseer_order, eh.options.error_budget) == (1, 0.15)
 
 
 def test_sdxl_unet_is_step_level_with_easycache_window(comfy_harness):
@@ -195,6 +199,9 @@ def test_prepare_sampling_sets_auto_device_and_reserves_cache_memory(monkeypatch
     assert handle_of(model).engine.placement.auto_device == torch.device("cpu")
     total, probe = memory.estimate_bytes(handle, [1, 16, 8, 8], torch.float32)
     assert total > probe > 0 and seen["required"] == plain + probe  # residuals go to RAM: only the probe stays
+    handle.engine.base_options.default_taylorseer = False  # as if the user had chosen order 1: no long-run order 2
+    assert memory.estimate_bytes(handle, [1, 16, 8, 8], torch.float32)[0] < total
+    handle.engine.base_options.default_taylorseer = True
     monkeypatch.setattr(memory, "low_on_vram", lambda patcher, nbytes, shape: False)
     wrapper(executor, model, [1, 16, 8, 8], {}, model_options={})
     assert handle.engine.placement.auto_device is None and seen["required"] == plain + total

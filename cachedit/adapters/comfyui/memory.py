@@ -58,7 +58,7 @@ def estimate_bytes(handle: Any, noise_shape: Sequence[int], dtype: torch.dtype) 
     dm = handle.owner.model.diffusion_model
     hidden = hidden_size(dm, [a for a, _ in handle.layout.lists]) or 3072
     per_tensor = 2 * noise_shape[0] * max(1, math.prod(noise_shape[2:]) // 4) * hidden * size  # cond + uncond
-    order = engine.options.taylorseer_order
+    order = max(engine.options.taylorseer_order, engine.base_options.max_taylorseer_order)  # a long run may raise it
     probe = (1 if engine.strategy.needs_probe else 0)
     residuals = len(handle.layout.lists) * (order + 1)
     total = per_tensor * (probe + residuals) + per_tensor * 2  # + the two probe buffers (per call batch)
