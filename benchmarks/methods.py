@@ -63,13 +63,30 @@ def _reset_ours_stats(t: nn.Module) -> None:
 
 
 def default_tag() -> str:
-    """What `cachedit.enable_cache(t)` runs with, e.g. `balanced (error budget 0.15): F1B0 W3 MC3 TS1`."""
+    """What `cachedit.enable_cache(pipe)` runs with, e.g. `balanced (error budget 0.15): F0B0 W2 MC4
+    TS1; 20+ steps: TS2 at 0.2` (the presets' long-run rule)."""
     from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
-    from cachedit.config.options import DEFAULT_QUALITY, QUALITY_PRESETS
+    from cachedit.config.options import DEFAULT_QUALITY, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
+    from cachedit.config.presets import LONG_RUN_BUDGETS
 
     return (f"{DEFAULT_QUALITY} (error budget {QUALITY_PRESETS[DEFAULT_QUALITY]:g}): F{d['Fn_compute_blocks']}"
             f"B{d['Bn_compute_blocks']} W{d['max_warmup_steps']} MC{d['max_continuous_cached_steps']}"
-            + (f" TS{ts}" if ts else ""))
+            + (f" TS{ts}" if ts else "")
+            + f"; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at {LONG_RUN_BUDGETS[DEFAULT_QUALITY]:g}")
+
+
+class PipelineView:
+    """What a diffusers pipeline shows the cache when its call starts: the transformer and the run's
+    steps (`num_timesteps`). The benchmark samples with its own loop; enabling the cache on this view
+    instead of the bare transformer lets the preset rows see a run as a user who passes the
+    pipeline to `enable_cache` does (and as ComfyUI always does): the presets' per-run rules apply."""
+
+    def __init__(self, transformer: nn.Module, steps: int) -> None:
+        self.transformer = transformer
+        self.num_timesteps = steps
+
+
+_VIEWS: Dict[int, PipelineView] = {}  # id(transformer) -> its view (the cache holds it weakly)
 
 
 def ours(name: str, series: str, **kwargs: Any) -> Method:
@@ -83,13 +100,15 @@ def ours(name: str, series: str, **kwargs: Any) -> Method:
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         import cachedit
 
-        cachedit.enable_cache(t, **kwargs)
+        view = _VIEWS[id(t)] = PipelineView(t, steps)
+        cachedit.enable_cache(view, **kwargs)
         cachedit.reset_cache_stats(t)
 
     def disable(t: nn.Module) -> None:
         import cachedit
 
         cachedit.disable_cache(t)
+        _VIEWS.pop(id(t), None)
 
     params = dict(kwargs)
     cfg = params.pop("cache_config", None)

@@ -26,10 +26,10 @@ computed step than its first-order budget asks for, so the same image quality co
 steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44.5 dB instead of
 42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md). Below 20 steps order 2
 fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. The rule
-changes only the default's own TaylorSeer (not an order the user chose). (A cap on reused steps in a row of 15% of the run, 8 at 50 steps, was tried: 50-step
-runs went from 25% to 17-21% of the block compute, but batch-1 runs fell to 37-39 dB on the bundled
-models; the budget's step-size scaling does not hold for streaks that long:
-benchmarks/results/runs/2026-11-30_defaults_long_streak.md.) Rules apply only to what the user did
+changes only the default's own TaylorSeer (not an order the user chose). (A cap on reused steps in
+a row of 15% of the run, 8 at 50 steps, was tried: 50-step runs went from 25% to 17-21% of the
+block compute, but batch-1 runs fell to 37-39 dB on the bundled models; the budget's step-size
+scaling does not hold for streaks that long: benchmarks/results/runs/2026-11-30_defaults_long_streak.md.) Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
 """

@@ -71,11 +71,9 @@ class ErrorFeedback:
     def use_predictor(self, order: int) -> None:
         """Calibrate for reuses predicted with TaylorSeer `order` (0: the last residual) from now
         on: each order keeps its own ratios across runs."""
-        if self._predictor == order:
-            return
-        if self._predictor is not None:
+        if self._predictor is not None and self._predictor != order:
             self._tables[self._predictor] = self.log_ratios
-        self.log_ratios = self._tables.pop(order, {})
+            self.log_ratios = self._tables.pop(order, {})
         self._predictor = order
 
     def observe(self, gap: int, progress: float, error: float, diff: Optional[float]) -> None:
