@@ -25,7 +25,9 @@ a budget of its own (LONG_RUN_BUDGETS): a second-order prediction over short spa
 computed step than its first-order budget asks for, so the same image quality costs fewer computed
 steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44.5 dB instead of
 42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md). Below 20 steps order 2
-fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. The rule
+fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. `fast`
+takes 0.22, not 0.25: at 0.25 Qwen-layout runs with a shifted schedule, batch 1 separate CFG or
+Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB (runs/2026-12-01_fast_long_run_0.22.md). The rule
 changes only the default's own TaylorSeer (not an order the user chose). (A cap on reused steps in
 a row of 15% of the run, 8 at 50 steps, was tried: 50-step runs went from 25% to 17-21% of the
 block compute, but batch-1 runs fell to 37-39 dB on the bundled models; the budget's step-size
@@ -51,7 +53,7 @@ FEW_STEP_MAX_CACHED = {"quality": (1, 1), "balanced": (1, 2), "fast": (1, 3)}
 WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's Wan 2.2 example
 WAN_LOW_NOISE = {"max_warmup_steps": 2}
 # Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
-LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.25}
+LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.22}
 UNET_WINDOW = (0.15, 0.95)  # ComfyUI's EasyCache defaults (start_percent, end_percent)
 SPLIT_MARGIN = 0.02  # a run starting after / ending before this share of the denoising is a split run
 
