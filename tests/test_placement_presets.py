@@ -15,7 +15,7 @@ import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
 from cachedit.config.options import LONG_RUN_STEPS
-from cachedit.config.presets import LONG_RUN_BUDGETS, RunInfo, apply_settings, detect_family, family_of, plan_run
+from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, RunInfo, apply_settings, detect_family, family_of, plan_run
 from cachedit.manager import placement as placement_mod
 from cachedit.manager.placement import CachePlacement, bytes_by_device
 from tests.tiny_dits import DIM, TwoListDiT
@@ -167,6 +167,15 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     assert plan_run("quality", "qwen-image", RunInfo(10, 0.5, 1.0), default_taylorseer=True).rule == "long run"  # 20 in all
     assert plan_run("balanced", "wan", RunInfo(25, 0.0, 0.5), default_taylorseer=True).rule == "high-noise expert"
     assert {p: plan_run(p, "dit", RunInfo(50), default_taylorseer=True).budget for p in QUALITY_PRESETS} == LONG_RUN_BUDGETS
+    # from LONGER_RUN_STEPS on (the whole denoising's), up to LONGER_RUN_MAX_IN_A_ROW reused steps in a row
+    longer = plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS), default_taylorseer=True)
+    assert longer.label() == "balanced, long run: budget 0.2, warmup 2, max in a row 6, TaylorSeer 2"
+    assert plan_run("fast", "dit", RunInfo(25, 0.5, 1.0), default_taylorseer=True).config[
+        "max_continuous_cached_steps"] == LONGER_RUN_MAX_IN_A_ROW  # the second half of a 50-step run
+    assert "max_continuous_cached_steps" not in plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS - 1),
+                                                         default_taylorseer=True).config
+    capped = apply_settings(_opts(), longer)
+    assert capped.cache_config.max_continuous_cached_steps == 6 and _opts().cache_config.max_continuous_cached_steps == 4
 
     base = _opts(quality="fast")
     assert base.default_taylorseer and base.taylorseer_order == 1 and base.max_taylorseer_order == 2
@@ -177,16 +186,18 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     assert not _opts(legacy={"enable_taylorseer": False}).default_taylorseer
 
 
-@pytest.mark.parametrize("steps, order, budget", [(24, 2, LONG_RUN_BUDGETS["balanced"]), (16, 1, QUALITY_PRESETS["balanced"])])
-def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget):
+@pytest.mark.parametrize("steps, order, budget, in_a_row", [(24, 2, LONG_RUN_BUDGETS["balanced"], 4),
+                                                             (16, 1, QUALITY_PRESETS["balanced"], 4),
+                                                             (50, 2, LONG_RUN_BUDGETS["balanced"], 6)])
+def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_row):
     """What a run rule picks is what runs: the default's images of a long run are bit-identical to
-    the explicit config of that rule (TaylorSeer order 2 at the long-run budget), and of a shorter
-    run to order 1 at the preset's budget (the block cache takes the run's order, not the order
-    the model was enabled with)."""
+    the explicit config of that rule (TaylorSeer order 2 at the long-run budget; 6 in a row from
+    50 steps), and of a shorter run to order 1 at the preset's budget (the block cache takes the
+    run's order, not the order the model was enabled with)."""
     from cachedit.bundled import digits as D
 
     model = D.load_model("flux")
-    explicit = dict(cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS),
+    explicit = dict(cache_config=cachedit.DBCacheConfig(**dict(ADAPTIVE_DEFAULTS, max_continuous_cached_steps=in_a_row)),
                     calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order), error_budget=budget)
     images = []
     for kwargs in ({}, explicit):

@@ -28,10 +28,12 @@ steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44
 fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. `fast`
 takes 0.22, not 0.25: at 0.25 Qwen-layout runs with a shifted schedule, batch 1 separate CFG or
 Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB (runs/2026-12-01_fast_long_run_0.22.md). The rule
-changes only the default's own TaylorSeer (not an order the user chose). (A cap on reused steps in
-a row of 15% of the run, 8 at 50 steps, was tried: 50-step runs went from 25% to 17-21% of the
-block compute, but batch-1 runs fell to 37-39 dB on the bundled models; the budget's step-size
-scaling does not hold for streaks that long: benchmarks/results/runs/2026-11-30_defaults_long_streak.md.) Rules apply only to what the user did
+changes only the default's own TaylorSeer (not an order the user chose). Runs of LONGER_RUN_STEPS
+(50) or more may also reuse 6 steps in a row instead of 4: with order 2 the bundled models' 50-step
+cells kept >= 41.5 dB at 19-21% of the block compute instead of 47-53 dB at 25%; 8 in a row fell
+to 39.6 dB (Qwen layout, batch 1), and 6 in 28-step runs to 39.6 (FLUX layout, batch 1 separate
+CFG), so shorter runs keep 4 (runs/2026-12-01_longer_run_cap.md; with order 1, 8 in a row had
+cost batch-1 runs 37-39 dB: runs/2026-11-30_defaults_long_streak.md). Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
 """
@@ -54,6 +56,9 @@ WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's W
 WAN_LOW_NOISE = {"max_warmup_steps": 2}
 # Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
 LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.22}
+# A long run of this many steps or more may reuse this many steps in a row (the default's 4 below).
+LONGER_RUN_STEPS = 50
+LONGER_RUN_MAX_IN_A_ROW = 6
 UNET_WINDOW = (0.15, 0.95)  # ComfyUI's EasyCache defaults (start_percent, end_percent)
 SPLIT_MARGIN = 0.02  # a run starting after / ending before this share of the denoising is a split run
 
@@ -157,6 +162,8 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
         return RunSettings(preset, family, "step level", budget, {}, UNET_WINDOW)
     config = {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]}
     if default_taylorseer and whole is not None and whole >= LONG_RUN_STEPS - 0.5:
+        if whole >= LONGER_RUN_STEPS - 0.5:
+            config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
         return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
                            taylorseer_order=LONG_RUN_TAYLORSEER_ORDER)
     return RunSettings(preset, family, "standard", budget, config)
