@@ -62,17 +62,23 @@ def _reset_ours_stats(t: nn.Module) -> None:
     cachedit.reset_cache_stats(t)
 
 
-def default_tag() -> str:
-    """What `cachedit.enable_cache(pipe)` runs with, e.g. `balanced (error budget 0.15): F0B0 W2 MC4
-    TS1; 20+ steps: TS2 at 0.2` (the presets' long-run rule)."""
-    from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
-    from cachedit.config.options import DEFAULT_QUALITY, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
-    from cachedit.config.presets import LONG_RUN_BUDGETS
+def preset_tag(preset: str) -> str:
+    """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC6` (the long-run rule)."""
+    from cachedit.config.options import LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
+    from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS
 
-    return (f"{DEFAULT_QUALITY} (error budget {QUALITY_PRESETS[DEFAULT_QUALITY]:g}): F{d['Fn_compute_blocks']}"
-            f"B{d['Bn_compute_blocks']} W{d['max_warmup_steps']} MC{d['max_continuous_cached_steps']}"
-            + (f" TS{ts}" if ts else "")
-            + f"; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at {LONG_RUN_BUDGETS[DEFAULT_QUALITY]:g}")
+    return (f"error budget {QUALITY_PRESETS[preset]:g}; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at "
+            f"{LONG_RUN_BUDGETS[preset]:g}, {LONGER_RUN_STEPS}+: MC{LONGER_RUN_MAX_IN_A_ROW}")
+
+
+def default_tag() -> str:
+    """What `cachedit.enable_cache(pipe)` runs with, e.g. `balanced: F0B0 W2 MC4 TS1, error budget
+    0.15; 20+ steps: TS2 at 0.2, 50+: MC6` (the presets' long-run rule)."""
+    from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
+    from cachedit.config.options import DEFAULT_QUALITY
+
+    return (f"{DEFAULT_QUALITY}: F{d['Fn_compute_blocks']}B{d['Bn_compute_blocks']} W{d['max_warmup_steps']}"
+            f" MC{d['max_continuous_cached_steps']}" + (f" TS{ts}" if ts else "") + f", {preset_tag(DEFAULT_QUALITY)}")
 
 
 class PipelineView:
@@ -93,7 +99,7 @@ def ours(name: str, series: str, **kwargs: Any) -> Method:
     """CacheDit with `cachedit.enable_cache(transformer, **kwargs)`, enabled once per row: error
     feedback's calibration carries over from one generation to the next, as it does for a user
     (stats are reset before each generation). With no kwargs (the library defaults) the row name
-    gets the default's tag, e.g. `ours default: balanced (error budget 0.15): F1B0 W3 MC3 TS1`."""
+    gets the default's tag (`default_tag`)."""
     if not kwargs:
         name = f"{name}: {default_tag()}"
 

@@ -35,8 +35,8 @@ def ok_quality(r: Row, acc_ref: float, db: float = QUALITY_DB) -> bool:
 # ----------------------------------------------------------------------------------------------
 def ours_rows(sweep: str) -> List[M.Method]:
     rows = [M.ours("ours default", "ours default"),
-            M.ours("ours quality='quality' (error budget 0.08)", "ours presets", quality="quality"),
-            M.ours("ours quality='fast' (error budget 0.25)", "ours presets", quality="fast"),
+            M.ours(f"ours quality='quality' ({M.preset_tag('quality')})", "ours presets", quality="quality"),
+            M.ours(f"ours quality='fast' ({M.preset_tag('fast')})", "ours presets", quality="fast"),
             M.ours_old_default(),
             M.ours("ours fixed skip2", "ours fixed/dynamic", strategy="fixed", skip_interval=2)]
     budgets = (0.05, 0.12, 0.2, 0.3, 0.4) if sweep == "full" else (0.12, 0.2, 0.35)
@@ -78,7 +78,7 @@ def timed_rows(sweep: str) -> List[M.Method]:
 
 def quick_rows() -> List[M.Method]:
     return [M.ours("ours default", "ours default"),
-            M.ours("ours quality='fast' (error budget 0.25)", "ours presets", quality="fast"),
+            M.ours(f"ours quality='fast' ({M.preset_tag('fast')})", "ours presets", quality="fast"),
             M.ours_old_default(),
             M.ours("ours fixed skip2", "ours fixed/dynamic", strategy="fixed", skip_interval=2),
             M.cache_dit_method(CACHE_DIT_DEFAULT, "cache-dit F8B0", fn=8, threshold=0.08),
