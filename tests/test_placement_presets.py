@@ -15,7 +15,8 @@ import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
 from cachedit.config.options import LONG_RUN_STEPS
-from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, RunInfo, apply_settings, detect_family, family_of, plan_run
+from cachedit.config.presets import (LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, RunInfo, apply_settings,
+                                     detect_family, family_of, plan_run)
 from cachedit.manager import placement as placement_mod
 from cachedit.manager.placement import CachePlacement, bytes_by_device
 from tests.tiny_dits import DIM, TwoListDiT

@@ -27,13 +27,14 @@ steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44
 42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md). Below 20 steps order 2
 fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. `fast`
 takes 0.22, not 0.25: at 0.25 Qwen-layout runs with a shifted schedule, batch 1 separate CFG or
-Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB (runs/2026-12-01_fast_long_run_0.22.md). The rule
-changes only the default's own TaylorSeer (not an order the user chose). Runs of LONGER_RUN_STEPS
-(50) or more may also reuse 6 steps in a row instead of 4: with order 2 the bundled models' 50-step
-cells kept >= 41.5 dB at 19-21% of the block compute instead of 47-53 dB at 25%; 8 in a row fell
-to 39.6 dB (Qwen layout, batch 1), and 6 in 28-step runs to 39.6 (FLUX layout, batch 1 separate
-CFG), so shorter runs keep 4 (runs/2026-12-01_longer_run_cap.md; with order 1, 8 in a row had
-cost batch-1 runs 37-39 dB: runs/2026-11-30_defaults_long_streak.md). Rules apply only to what the user did
+Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB
+(runs/2026-12-01_fast_long_run_0.22.md). The rule changes only the default's own TaylorSeer (not
+an order the user chose). Runs of LONGER_RUN_STEPS (50) or more may also reuse 6 steps in a row
+instead of 4: with order 2 the bundled models' 50-step cells kept >= 40.2 dB at every preset
+(balanced >= 41.5) at 19-22% of the block compute instead of 24-26%; 8 in a row fell to 39.6 dB
+(Qwen layout, batch 1), and 6 in 28-step runs to 39.6 (FLUX layout, batch 1 separate CFG), so
+shorter runs keep 4 (runs/2026-12-01_longer_run_cap.md; with order 1, 8 in a row had cost batch-1
+runs 37-39 dB: runs/2026-11-30_defaults_long_streak.md). Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
 """
