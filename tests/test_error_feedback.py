@@ -34,6 +34,16 @@ def test_ratio_per_gap_and_progress_bucket():
     assert fb.observations == 3 and bucket_of(0.1) not in {b for _, b in fb.log_ratios}
 
 
+def test_provisional_ratios_stand_in_until_a_real_one():
+    fb = ErrorFeedback(budget=0.1, initial_threshold=0.24)
+    fb.observe(gap=1, progress=0.0, error=0.3, diff=0.1, provisional=True)
+    assert fb.ratio(1, 0.1) == pytest.approx(3.0) and fb.threshold_at(1, 0.1) == pytest.approx(0.1 / 3.0)
+    fb.observe(gap=4, progress=0.15, error=0.2, diff=0.1)  # the first real pair replaces it
+    assert fb.ratio(1, 0.1) == pytest.approx(2.0) and fb.log_ratios == {(4, 0): pytest.approx(math.log(2.0))}
+    fb.observe(gap=1, progress=0.0, error=0.9, diff=0.1, provisional=True)  # never mixes with real ones
+    assert fb.ratio(1, 0.1) == pytest.approx(2.0) and list(fb.log_ratios) == [(4, 0)]
+
+
 def test_each_taylorseer_order_keeps_its_own_ratios():
     """Runs predicted with another order (a preset's long runs use order 2) neither read nor move
     the ratios measured with the first; switching back finds them again."""
@@ -150,6 +160,39 @@ def test_errors_are_measured_and_fed_back_with_the_decision_sync(tiny_flux):
     later = [int(k) for k in s.thresholds if int(k) > first["step"]]
     assert later and s.thresholds[str(later[0])] != ADAPTIVE_DEFAULTS["residual_diff_threshold"]
     assert s.thresholds["1"] == ADAPTIVE_DEFAULTS["residual_diff_threshold"]
+
+
+@pytest.mark.parametrize("taylorseer", [True, False])
+def test_one_point_forecast_errors_are_provisional(tiny_flux, taylorseer):
+    """With TaylorSeer, the error at the run's second computed step (a forecast from one point: the
+    last residual, which no TaylorSeer reuse one step on is) calibrates only until a real one is
+    measured and never mixes with real ones; without TaylorSeer it is what reuses cost, and counts."""
+    measured = []
+
+    def on_error(key, **p):
+        measured.append(p)
+
+    bus.error_measured.connect(on_error, weak=False)
+    try:
+        cachedit.enable_cache(tiny_flux, enable_taylorseer=taylorseer)
+        sample(tiny_flux, steps=10)
+    finally:
+        bus.error_measured.disconnect(on_error)
+    fb = cachedit.get_manager().entry(tiny_flux).engine.feedback
+    first, rest = measured[0], measured[1:]
+    assert first["step"] == 1 and first["gap"] == 1 and rest
+
+    def table(events):
+        out = {}
+        for m in events:
+            key, sample_ = (m["gap"], bucket_of(m["step"] / 10)), math.log(m["error"] / m["diff"])
+            out[key] = sample_ if key not in out else out[key] + fb.smoothing * (sample_ - out[key])
+        return out
+
+    if taylorseer:
+        assert fb.provisional == pytest.approx(table([first])) and fb.log_ratios == pytest.approx(table(rest))
+    else:
+        assert fb.provisional == {} and fb.log_ratios == pytest.approx(table(measured))
 
 
 def test_calibration_carries_over_to_the_next_run(tiny_flux):

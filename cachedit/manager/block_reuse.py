@@ -96,6 +96,10 @@ class BlockReuse:
                        previous: Optional[torch.Tensor], step: int) -> None:
         """Add this segment's reuse error at `step` to the branch's sums (before the residual is stored)."""
         series = branch.taylor.get((seg, "hidden"))
+        # One computed step before this one: the forecast would have been the last residual itself,
+        # which no TaylorSeer reuse one step on is; the error only stands in until a real one is
+        # measured (feedback.py, provisional ratios).
+        branch.error_provisional = series is not None and series.order > 0 and len(series.terms) == 1
         scratch = self.scratch_like(out)
         if series is not None and series.terms:
             num = series.prediction_error(out, base, step, scratch)

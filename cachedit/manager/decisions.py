@@ -151,7 +151,8 @@ class Decider:
         if record is None or self.feedback is None:
             return
         record.error = error
-        self.feedback.observe(branch.computed_gap, branch.computed_progress, error, record.diff)
+        self.feedback.observe(branch.computed_gap, branch.computed_progress, error, record.diff,
+                              provisional=branch.error_provisional)
         if bus.error_measured.receivers:
             fb = self.feedback
             bus.error_measured.send(self.key, name=self.name, step=record.step, branch=record.branch, error=error,

@@ -18,6 +18,15 @@ calibrated; before the first measurement the configured threshold is used. They 
 TaylorSeer order (a preset's long runs predict with order 2, shorter ones with order 1: the same
 probe change costs a different error with each).
 
+With TaylorSeer, the run's second computed step measures a forecast from one point: the last
+residual itself, which no reuse one step after a computed one is (the series has a slope by then).
+That error is provisional: it calibrates the thresholds only until the first real measurement of
+the order, and never mixes with real ones. Counted as real, the run's second step (where features
+change fastest) made the gap-1 ratio about 3x a later one and forced computes right after computed
+steps; left out entirely, a first generation reused its first window at the configured threshold
+(bundled FLUX layout: 39.2 dB). Provisional, the robustness table's worst cell went from 40.2 to
+41.3 dB at 37% of the block compute instead of 38% (benchmarks/results/defaults.md).
+
 The budget depends on the step size: a reused step's error moves the image in proportion to the
 step it is used for (Euler: x += v * d_sigma; progress follows the noise level), and the errors of
 a run's reuses add up partly at random, so a run's image error grows like error x span x
@@ -67,6 +76,7 @@ class ErrorFeedback:
     _progress: Optional[float] = None  # progress of the last step decided
     _tables: Dict[int, Dict[Tuple[int, int], float]] = dataclasses.field(default_factory=dict)  # order -> log_ratios
     _predictor: Optional[int] = None  # the TaylorSeer order `log_ratios` belongs to (None: not said yet)
+    provisional: Dict[Tuple[int, int], float] = dataclasses.field(default_factory=dict)  # one-point forecasts' log ratios
 
     def use_predictor(self, order: int) -> None:
         """Calibrate for reuses predicted with TaylorSeer `order` (0: the last residual) from now
@@ -76,31 +86,35 @@ class ErrorFeedback:
             self.log_ratios = self._tables.pop(order, {})
         self._predictor = order
 
-    def observe(self, gap: int, progress: float, error: float, diff: Optional[float]) -> None:
-        """Take one measured (error, probe change) pair over `gap` steps at sampling `progress`."""
+    def observe(self, gap: int, progress: float, error: float, diff: Optional[float], provisional: bool = False) -> None:
+        """Take one measured (error, probe change) pair over `gap` steps at sampling `progress`
+        (`provisional`: a one-point forecast's, used only while no real pair is known)."""
         if gap < 1 or diff is None or not diff > 0.0 or not error > 0.0 or not math.isfinite(error):
             return
         self.observations += 1
         sample = math.log(error / diff)
         key = (gap, bucket_of(progress))
-        old = self.log_ratios.get(key)
-        self.log_ratios[key] = sample if old is None else old + self.smoothing * (sample - old)
+        table = self.provisional if provisional else self.log_ratios
+        old = table.get(key)
+        table[key] = sample if old is None else old + self.smoothing * (sample - old)
 
     def ratio(self, gap: int, progress: float) -> Optional[float]:
         """Expected error per unit of probe change over `gap` steps at `progress` (None: nothing
         measured yet). The nearest progress bucket with measurements is used (the later one on a
         tie), then the longest measured gap not above `gap`, scaled by sqrt(gap / g); when only
-        longer gaps were measured, the shortest of them."""
-        if not self.log_ratios:
+        longer gaps were measured, the shortest of them. Provisional pairs count only while no real
+        one is known."""
+        table = self.log_ratios or self.provisional
+        if not table:
             return None
         here = bucket_of(progress)
-        bucket = min({b for _, b in self.log_ratios}, key=lambda b: (abs(b - here), -b))
-        gaps = [g for g, b in self.log_ratios if b == bucket]
+        bucket = min({b for _, b in table}, key=lambda b: (abs(b - here), -b))
+        gaps = [g for g, b in table if b == bucket]
         shorter = [g for g in gaps if g <= gap]
         if not shorter:
-            return math.exp(self.log_ratios[(min(gaps), bucket)])
+            return math.exp(table[(min(gaps), bucket)])
         g = max(shorter)
-        return math.exp(self.log_ratios[(g, bucket)]) * math.sqrt(gap / g)
+        return math.exp(table[(g, bucket)]) * math.sqrt(gap / g)
 
     def note_progress(self, progress: float) -> None:
         """Take the progress of a decision: a larger one is a new step (the span is the difference),

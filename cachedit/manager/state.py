@@ -64,6 +64,7 @@ class BranchState:
     step_progress: Optional[float] = None  # progress of the latest step seen (foresees the final step)
     progress_step: int = -1  # the step `step_progress` belongs to
     error_sums: Optional[List[torch.Tensor]] = None  # per batch element [sum |reused - computed|, sum |output|], on device
+    error_provisional: bool = False  # error_sums come from a one-point forecast (feedback.py: provisional ratios)
     # step-level (no block list) state
     last_input: Optional[torch.Tensor] = None
     last_output: Optional[torch.Tensor] = None
@@ -86,6 +87,7 @@ class BranchState:
         self.last_computed_step = -1
         self.computed_record = None
         self.error_sums = None
+        self.error_provisional = False
         self.staged = None
 
     def begin_step(self, step: int) -> None:
