@@ -363,3 +363,30 @@ def test_cfg_branches_follow_the_first_branchs_decision(follow):
         assert not cachedit.get_manager().entry(model.transformer).engine.decider.follow_lead
     finally:
         cachedit.disable_cache(model)
+
+
+def test_feedback_spans_follow_the_noise_level_when_the_steps_are_known():
+    """A reused output moves the image by its step's sigma span, so error feedback's spans (and
+    buckets) follow the noise level, 1 - t / t0, also when the run's step count is known (here
+    `num_inference_steps`; in ComfyUI the sampler's sigmas), where the window and the run's steps
+    count steps: a shifted schedule's short early steps get more budget, its long late ones less."""
+    from cachedit.bundled import digits as D
+
+    model = D.load_model("flux")
+    steps, shift = 20, 3.0
+    sigmas = D.sigmas_schedule(steps, shift).tolist()
+    cachedit.enable_cache(model.transformer, quality="balanced",
+                          cache_config=cachedit.DBCacheConfig(**dict(ADAPTIVE_DEFAULTS, num_inference_steps=steps)))
+    engine = cachedit.get_manager().entry(model.transformer).engine
+    spans, totals = [], []
+
+    def after_step(i, sigma, latents):
+        spans.append(engine.feedback.span)
+        totals.append(engine.tracker.run.total_steps if engine.tracker.run is not None else steps)
+
+    D.generate(model, [1, 7], num_steps=steps, cfg_mode="none", seed=0, sigma_shift=shift, callback=after_step)
+    cachedit.disable_cache(model.transformer)
+    assert set(totals) == {steps}  # the run knew its step count
+    expected = [sigmas[i - 1] - sigmas[i] for i in range(2, steps)]  # step 1 is the first one with a probe
+    assert spans[:2] == [None, None] and spans[2:] == pytest.approx(expected, rel=1e-4)
+    assert max(expected) / min(expected) > 5  # not the step count's uniform 1 / 19

@@ -69,6 +69,10 @@ class CallRequest:
     # The caller's own sampling progress in [0, 1], used instead of RunState.progress (ComfyUI: the
     # sigma's percent through model_sampling, so start/end_percent mean what ComfyUI's nodes mean).
     progress: Optional[float] = None
+    # How far the noise level has come down, in [0, 1], for error feedback's step spans (the step a
+    # reused output moves the image by; ComfyUI: 1 - sigma / sigma_max on flow models). None: the
+    # caller's `progress` when it gave one, else RunState.noise_progress.
+    noise_progress: Optional[float] = None
 
 
 class CallState:
@@ -76,7 +80,7 @@ class CallState:
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
                  "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
-                 "final", "pruned")
+                 "final", "pruned", "noise_progress")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -93,6 +97,7 @@ class CallState:
         self.seg_in_versions: Dict[int, Dict[str, int]] = {}
         self.seg_out: Dict[int, Dict[str, Optional[torch.Tensor]]] = {}
         self.progress = 0.0
+        self.noise_progress = 0.0  # error feedback's progress (CallRequest.noise_progress)
         self.timestep: Optional[float] = None
         self.final = False  # the run's last step (known or foreseen)
         self.pruned = 0  # DBPrune: blocks pruned in this call
@@ -170,6 +175,9 @@ class CallPlacer:
             run.executed_calls += 1
             call.run, call.step, call.branch, call.branch_key = run, step, branch, key
             call.progress = request.progress if request.progress is not None else run.progress(timestep)
+            call.noise_progress = (request.noise_progress if request.noise_progress is not None
+                                   else request.progress if request.progress is not None
+                                   else run.noise_progress(timestep))
             call.timestep = timestep
             call.final = self._is_final(run, branch, step, call.progress)
 

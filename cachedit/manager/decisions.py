@@ -176,7 +176,8 @@ class Decider:
             outcome["can_reuse"] = result.can_reuse
             return result.diff
 
-        decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final)
+        decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final,
+                                        noise_progress=call.noise_progress)
         self.flush(branch)  # an error the strategy's measurement did not read yet
         threshold = decision.threshold if decision.threshold is not None else self.threshold
         if decision.recorded is not None:
@@ -194,7 +195,7 @@ class Decider:
             branch.record_cached(step)
         else:
             branch.computed_gap = step - branch.last_computed_step if branch.last_computed_step >= 0 else 0
-            branch.computed_progress = call.progress
+            branch.computed_progress = call.noise_progress
             branch.last_computed_step = step
             branch.computed_record = record
         signal = bus.cache_hit if reuse else bus.step_computed

@@ -197,13 +197,14 @@ class CacheEngine:
     @eager
     def begin_call(self, timestep: Timestep, branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None,
-                   progress: Optional[float] = None) -> Optional[CallState]:
+                   progress: Optional[float] = None, noise_progress: Optional[float] = None) -> Optional[CallState]:
         """Open a call; None when the engine is disabled. A float/None timestep places the call in
         its run/step/branch now; a DeferredScalar one when the decision needs it (`place`).
-        `progress`: the caller's own sampling progress (see CallRequest), else counted in steps."""
+        `progress`: the caller's own sampling progress (see CallRequest), else counted in steps;
+        `noise_progress`: how far the noise level has come (error feedback's spans, CallRequest)."""
         if not self.enabled:
             return None
-        call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress))
+        call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress, noise_progress))
         self.current = call
         if not isinstance(timestep, DeferredScalar) or self.layout.fn == 0 or self.layout.step_level:
             self.placer.place(call)

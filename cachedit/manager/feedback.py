@@ -35,7 +35,9 @@ sqrt(reuses), with reuses ~ 1 / span: the same budget costs about sqrt(2) more i
 and scales with sqrt(REF_SPAN / span), the span being the progress between the last two steps (a
 proxy for the step the reused output is used for): fewer or coarser steps reuse less, many fine
 steps more, and a schedule that crowds its steps somewhere (a sigma shift) gets more budget where
-its steps are short.
+its steps are short. That progress is the noise level's (CallState.noise_progress: 1 - t / t0 from
+the timesteps, ComfyUI: 1 - sigma / sigma_max on flow models), not the step count's nor ComfyUI's
+percent, which differ from it on a schedule that is not the model's own (karras, beta...).
 
 The budget also depends on classifier-free guidance: the image moves with
 v_uncond + g * (v_cond - v_uncond), so the part of the two branches' reuse errors that differs is

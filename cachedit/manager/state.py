@@ -60,7 +60,7 @@ class BranchState:
     # error feedback: the last computed step's decision and the error measured there (read at the next decision)
     computed_record: Optional[StepRecord] = None
     computed_gap: int = 0  # steps between the last computed step and the one before it
-    computed_progress: float = 0.0  # sampling progress at the last computed step
+    computed_progress: float = 0.0  # noise progress (error feedback's) at the last computed step
     step_progress: Optional[float] = None  # progress of the latest step seen (foresees the final step)
     progress_step: int = -1  # the step `step_progress` belongs to
     error_sums: Optional[List[torch.Tensor]] = None  # per batch element [sum |reused - computed|, sum |output|], on device
@@ -159,6 +159,14 @@ class RunState:
         if timestep is not None and self.first_timestep:
             return min(1.0, max(0.0, 1.0 - timestep / self.first_timestep))
         return min(1.0, self.step / 27.0)  # unknown schedule: assume a common 28-step run
+
+    def noise_progress(self, timestep: Optional[float]) -> float:
+        """How far the noise level has come down in [0, 1]: 1 - timestep / the run's first timestep
+        (flow models pass sigma, or sigma x 1000, as the timestep), so a shifted schedule's short
+        early steps count as short. Timesteps that rise (a model fed 1 - sigma) or none: `progress`."""
+        if timestep is not None and self.first_timestep and self.direction <= 0:
+            return min(1.0, max(0.0, 1.0 - timestep / self.first_timestep))
+        return self.progress(timestep)
 
     def buffer_tensors(self) -> List[Optional[torch.Tensor]]:
         """Every branch's cached tensors."""

@@ -84,8 +84,10 @@ class Strategy:
             return True
         return self.accumulated_cap is not None and branch.accumulated_residual_diff >= self.accumulated_cap
 
-    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
-        """Compute or reuse at `step` (no side effects); `final`: the run's last step."""
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False,
+               noise_progress: Optional[float] = None) -> Decision:
+        """Compute or reuse at `step` (no side effects); `final`: the run's last step; `noise_progress`:
+        how far the noise level has come (error feedback's spans), where it differs from `progress`."""
         if self.in_warmup(step) or self.outside_window(progress) or step in self.compute_by_mask:
             return COMPUTE
         if self.static_mask:
@@ -132,7 +134,8 @@ class AdaptiveStrategy(Strategy):
     def threshold(self) -> float:
         return float(self.config.residual_diff_threshold)
 
-    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False,
+               noise_progress: Optional[float] = None) -> Decision:
         if self.feedback is None:
             return super().decide(branch, step, progress, measure)
         # Error feedback: the probe is measured at every decision (warmup and caps included), so that
@@ -142,7 +145,10 @@ class AdaptiveStrategy(Strategy):
         diff = measure()
         if diff is None:
             return COMPUTE
-        threshold = self.feedback.threshold(step - branch.last_computed_step, progress)
+        # the feedback's spans and buckets follow the noise level (a step's reuse error moves the
+        # image by the step's sigma span); the window above follows the caller's progress
+        threshold = self.feedback.threshold(step - branch.last_computed_step,
+                                            progress if noise_progress is None else noise_progress)
         # the final step always computes: a reused last step shows directly in the image
         reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch)
         return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
@@ -198,7 +204,8 @@ class PruneStrategy(Strategy):
             streak -= 1
         return 0 <= cfg.max_continuous_cached_steps <= streak
 
-    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False) -> Decision:
+    def decide(self, branch: BranchState, step: int, progress: float, measure: Measure, final: bool = False,
+               noise_progress: Optional[float] = None) -> Decision:
         if self.in_warmup(step) or self.outside_window(progress) or step in self.compute_by_mask:
             return COMPUTE
         if self.static_mask:

@@ -78,3 +78,49 @@ def test_progress_window_is_comfyuis_sigma_window(comfy_harness, arch):
         for start, end in windows:
             comfy_rule = float(ms.percent_to_sigma(end)) < sigma <= float(ms.percent_to_sigma(start))
             assert (start <= progress <= end) == comfy_rule, (arch, sigma, start, end, progress)
+
+
+def test_error_feedback_spans_are_sigma_spans_on_flow_models(comfy_harness):
+    """Error feedback's step spans follow the noise level (a reused output moves the image by its
+    step's sigma span), so on a flow model they are 1 - sigma / sigma_max differences, also in the
+    low-noise expert of a split run, where the window keeps the percent. An EPS model (SDXL) has
+    no noise progress of this kind: its feedback keeps the percent."""
+    import comfy.samplers
+
+    import cachedit
+    from cachedit.adapters import comfyui as adapter
+    from cachedit.adapters.comfyui.progress import SigmaProgress
+    from cachedit.events import bus
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    h = comfy_harness
+    flow = ModelSamplingSD3().patch(h.build_model("wan21_t2v"), shift=8.0)[0].get_model_object("model_sampling")
+    eps = h.build_model("sdxl").get_model_object("model_sampling")
+    progress = SigmaProgress()
+    for sigma in (0.97, 0.5, 0.12):
+        assert progress.noise_progress(flow, sigma) == pytest.approx(1.0 - sigma)
+        assert progress(flow, sigma) != pytest.approx(1.0 - sigma, abs=1e-3)  # shift 8: the percent differs
+        assert progress.noise_progress(eps, sigma * 10) is None
+
+    high = cachedit.enable_cache(ModelSamplingSD3().patch(h.build_model("wan21_t2v", seed=0), shift=8.0)[0])
+    low = cachedit.enable_cache(ModelSamplingSD3().patch(h.build_model("wan21_t2v", seed=1), shift=8.0)[0])
+    engines = {adapter.engine_of(m).key: adapter.engine_of(m) for m in (high, low)}
+    spans = {key: [] for key in engines}
+
+    def on_decision(sender, **kw):
+        if sender in engines and engines[sender].feedback is not None:
+            spans[sender].append((kw["step"], engines[sender].feedback.span))
+
+    bus.step_computed.connect(on_decision, weak=False)
+    bus.cache_hit.connect(on_decision, weak=False)
+    try:
+        _split_run(h, high, low)
+    finally:
+        bus.step_computed.disconnect(on_decision)
+        bus.cache_hit.disconnect(on_decision)
+    schedule = comfy.samplers.calculate_sigmas(flow, "simple", 20).tolist()  # what both samplers ran
+    low_spans = [(s, span) for s, span in spans[adapter.engine_of(low).key] if span is not None]
+    assert len(low_spans) >= 5
+    for step, span in low_spans:  # the expert's own step `step` is the run's step 10 + step
+        i = 10 + step
+        assert span == pytest.approx(schedule[i - 1] - schedule[i], rel=1e-3)

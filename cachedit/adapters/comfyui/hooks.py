@@ -174,9 +174,11 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         step, total = handle.step_of(sigma, to)
         # progress = the sigma's percent through the model's sampling (executor.class_obj is the
         # BaseModel, whose model_sampling carries a ModelSampling* node's shift while it samples)
-        progress = handle.progress(getattr(getattr(executor, "class_obj", None), "model_sampling", None), sigma)
+        sampling = getattr(getattr(executor, "class_obj", None), "model_sampling", None)
+        progress = handle.progress(sampling, sigma)
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
-                                 total_steps=total, step_index=step, progress=progress)
+                                 total_steps=total, step_index=step, progress=progress,
+                                 noise_progress=handle.progress.noise_progress(sampling, sigma))
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):

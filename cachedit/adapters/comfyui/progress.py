@@ -11,6 +11,15 @@ The engine compares its window with a call's *progress*, so the adapter hands it
 the percent p whose sigma is this call's sigma (the inverse of `percent_to_sigma`, found by
 bisection since every model_sampling class has its own formula). With it the engine's test
 `start <= p <= end` is exactly ComfyUI's sigma test above.
+
+Error feedback needs another progress: the noise level's. A reused output moves the image by the
+step it is used for (Euler: x += v * d_sigma), so its budget follows each step's sigma span. On a
+flow model (ComfyUI's CONST sampling: FLUX, SD3, Wan, Qwen-Image, HunyuanVideo, LTXV, Lumina2...)
+that is 1 - sigma / sigma_max, which differs from the percent whenever the schedule is not the
+model's own (karras, beta, a linear schedule on a shifted model: bundled FLUX layout in ComfyUI
+with its linear schedule, percent spans 0.09 early against 1/28, the default fell to 38.7 dB;
+with sigma spans 42.1 dB, and every schedule tried held 40 dB; benchmarks/results/runs/
+2026-12-01_comfyui_noise_progress.md). Other samplings keep the percent (`noise_progress` None).
 """
 
 from __future__ import annotations
@@ -43,6 +52,19 @@ def sigma_percent(model_sampling: Any, sigma: float) -> float:
     return hi
 
 
+def flow_sigma_max(model_sampling: Any) -> Optional[float]:
+    """sigma_max of a flow-matching sampling (ComfyUI's CONST parameterisation), else None."""
+    try:
+        import comfy.model_sampling
+
+        if not isinstance(model_sampling, comfy.model_sampling.CONST):
+            return None
+        value = float(model_sampling.sigma_max)
+    except Exception:  # no ComfyUI, or an unusual model_sampling: never break sampling
+        return None
+    return value if value > 0.0 and value == value else None
+
+
 class SigmaProgress:
     """`sigma_percent` per (model_sampling, sigma), cached: a run asks once per schedule entry.
     The cache follows the model_sampling object, so a shift changed by a ModelSampling* node
@@ -51,6 +73,18 @@ class SigmaProgress:
     def __init__(self) -> None:
         self._sampling: Any = None
         self._cache: Dict[float, float] = {}
+        self._flow_sampling: Any = None
+        self._flow_sigma_max: Optional[float] = None  # of _flow_sampling; None: not a flow model
+
+    def noise_progress(self, model_sampling: Any, sigma: Optional[float]) -> Optional[float]:
+        """1 - sigma / sigma_max on a flow model's sampling (CONST), else None (the percent stands)."""
+        if sigma is None or model_sampling is None:
+            return None
+        if model_sampling is not self._flow_sampling:
+            self._flow_sampling, self._flow_sigma_max = model_sampling, flow_sigma_max(model_sampling)
+        if self._flow_sigma_max is None:
+            return None
+        return min(1.0, max(0.0, 1.0 - sigma / self._flow_sigma_max))
 
     def __call__(self, model_sampling: Any, sigma: Optional[float]) -> Optional[float]:
         """The progress of a call at `sigma`, or None (no sigma, or no usable model_sampling:
