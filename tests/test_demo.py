@@ -46,3 +46,22 @@ def test_rows_print_as_soon_as_measured():
     assert [line.split(" | ")[0][2:] for line, _ in table_rows] == names
     # 1 reference run, then 2 runs (uncached + cached) per setup: each row is out right after its own runs
     assert [runs for _, runs in table_rows] == [3, 3, 5, 7, 9]
+
+
+def test_every_other_pair_runs_cached_first(monkeypatch):
+    """A machine whose speed drifts within a minute must favour neither side: pairs alternate
+    uncached-cached and cached-uncached, and the row still reports the cached runs' reuse."""
+    import cachedit
+
+    order = []
+    timed = demo._timed
+
+    def record(fn):
+        order.append(any(e.engine.enabled for e in cachedit.get_manager().entries()))
+        return timed(fn)
+
+    monkeypatch.setattr(demo, "_timed", record)
+    monkeypatch.setattr(demo, "setups", lambda: {"fixed": {"strategy": "fixed", "skip_interval": 2}})
+    rows = demo.run_demo(steps=6, batch=2, repeats=3, out=None, print_fn=lambda line: None)
+    assert order == [False, True, True, False, False, True]
+    assert rows[1]["reused"] != "0/6" and not cachedit.get_manager().entries()
