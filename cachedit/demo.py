@@ -134,22 +134,15 @@ def run_demo(steps: int = 28, batch: int = 8, repeats: int = 2, guidance: float 
         for repeat in range(repeats):
             # every other pair runs cached first: a machine whose speed drifts within a minute (shared
             # cores, a VM) then favours neither side of the pairs
-            if repeat % 2 == 0:
-                cachedit.disable_cache(model.transformer)
-                progress.show(f"{name}: uncached")
-                t_base, _ = _timed(generate)
-                progress.step(f"{name}: cached")
-                cachedit.enable_cache(model.transformer, **kwargs)
-                t_cached, images = _timed(generate)
-                stats = cachedit.summary(model.transformer, logging=False)[0]
-            else:
-                progress.show(f"{name}: cached")
-                cachedit.enable_cache(model.transformer, **kwargs)
-                t_cached, images = _timed(generate)
-                stats = cachedit.summary(model.transformer, logging=False)[0]
-                cachedit.disable_cache(model.transformer)
-                progress.step(f"{name}: uncached")
-                t_base, _ = _timed(generate)
+            for i, side in enumerate(("uncached", "cached") if repeat % 2 == 0 else ("cached", "uncached")):
+                (progress.show if i == 0 else progress.step)(f"{name}: {side}")
+                if side == "uncached":
+                    cachedit.disable_cache(model.transformer)
+                    t_base, _ = _timed(generate)
+                else:
+                    cachedit.enable_cache(model.transformer, **kwargs)
+                    t_cached, images = _timed(generate)
+                    stats = cachedit.summary(model.transformer, logging=False)[0]
             progress.step(name)
             pairs.append((t_base, t_cached))
         cachedit.disable_cache(model.transformer)
