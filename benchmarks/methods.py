@@ -181,6 +181,17 @@ def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
     return {"cached_steps": cached, "cached_steps_list": [list(s.cached_steps or []) for s in stats]}
 
 
+def _cache_dit_target(t: nn.Module) -> Any:
+    """What cache-dit is enabled on: the transformer itself, or for SD3 (which cache-dit only knows
+    through StableDiffusion3Pipeline) the BlockAdapter its own SD3 adapter builds (blocks, Pattern_1)."""
+    if type(t).__name__ != "SD3Transformer2DModel":
+        return t
+    from cache_dit import BlockAdapter, ForwardPattern
+
+    return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_1,
+                        check_forward_pattern=True)
+
+
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
                      mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False,
                      separate_cfg: bool = False) -> Method:
@@ -203,9 +214,14 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
             kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
-        built["calibrator_config"] = lambda: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+        # SD3's last block is context-pre-only (no text output): cache-dit 1.5.3's encoder calibrator then
+        # asserts on its missing state at the first reused step, so on SD3 it is off (it has nothing to forecast).
+        encoder = type(t).__name__ != "SD3Transformer2DModel"
+        built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
+            taylorseer_order=order, enable_encoder_calibrator=encoder) if order else None)
         with contextlib.redirect_stdout(io.StringIO()):
-            cache_dit.enable_cache(t, cache_config=built["cache_config"](), calibrator_config=built["calibrator_config"]())
+            cache_dit.enable_cache(_cache_dit_target(t), cache_config=built["cache_config"](),
+                                   calibrator_config=built["calibrator_config"]())
         _quiet_cache_dit()
 
     def before_run(t: nn.Module) -> None:
@@ -237,16 +253,18 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
 # diffusers built-in caches
 # ----------------------------------------------------------------------------------------------
 def arch_of(t: nn.Module) -> str:
-    """Which bundled layout a transformer has: flux (double + single blocks), wan (`blocks`) or qwen."""
-    if hasattr(t, "single_transformer_blocks"):
-        return "flux"
-    return "wan" if hasattr(t, "blocks") else "qwen"
+    """Which bundled layout a transformer is (by its diffusers class)."""
+    from cachedit.bundled.archs import ARCHS
+
+    name = type(t).__name__
+    return next(a for a, spec in ARCHS.items() if spec.transformer_class == name)
 
 
 # Block lists (PAB) and attention modules (FasterCache) per layout.
-PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",)}
+PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",),
+              "sd3": ("transformer_blocks",)}
 ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
-                 "qwen": ("^transformer_blocks.*attn",)}
+                 "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",)}
 
 TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"]}  # others: diffusers' defaults
 

@@ -6,7 +6,9 @@ is called):
 * ``flux``: ``FluxTransformer2DModel``, 2 double-stream + 10 single-stream blocks, inner dim 160;
 * ``wan``: ``WanTransformer3DModel``, 8 blocks (self-attention, cross-attention to the label
   tokens, FFN 512), inner dim 128, the image as one frame;
-* ``qwen``: ``QwenImageTransformer2DModel``, 6 joint-attention blocks, inner dim 128.
+* ``qwen``: ``QwenImageTransformer2DModel``, 6 joint-attention blocks, inner dim 128;
+* ``sd3`` (held out, ``archs.HELDOUT_ARCHS``): ``SD3Transformer2DModel``, 6 joint blocks (SD3.5's RMS
+  qk-norm, the last block context-pre-only), inner dim 128, trained after the defaults were settled.
 
 Usage (from the repository root; with no options but ``--arch`` the defaults reproduce the
 committed weights, see ``DEFAULTS``)::
@@ -14,6 +16,7 @@ committed weights, see ``DEFAULTS``)::
     python scripts/train_bundled.py --arch flux --device cuda   # how digits_flux.* were made (H200)
     python scripts/train_bundled.py --arch wan                  # digits_wan.*  (CPU, 1 thread)
     python scripts/train_bundled.py --arch qwen                 # digits_qwen.* (CPU, 1 thread)
+    python scripts/train_bundled.py --arch sd3                  # digits_sd3.*  (CPU, 1 thread)
     python scripts/train_bundled.py --arch wan --out-dir /tmp/digits --steps 300   # quick experiment elsewhere
     python scripts/train_bundled.py --arch qwen --eval-only --eval-images 80 --grid /tmp/qwen.png
 
@@ -50,6 +53,10 @@ How the committed weights were made:
 * qwen: ``--arch qwen`` (1200 steps, batch 64, 1 thread), at the same time on the same machine:
   4500 s of training (75 min), final loss 0.118 (smoothed 0.130); 3.67 M parameters, 7.4 MB;
   accuracy 1.000 on 80 images for euler/heun, batched/separate CFG, 0.963 without CFG.
+
+* sd3: ``--arch sd3`` (1200 steps, batch 64, 1 thread) on the same 2-core machine, nearly idle (load ~1):
+  1206 s of training (20 min), final loss 0.128 (smoothed 0.133); 3.49 M parameters, 7.1 MB;
+  accuracy 1.000 on 80 images for euler/heun, batched/separate CFG, 0.975 without CFG.
 
 The sharing set those times: at load ~2 a batch-64 step took 0.9 s (Wan) and 0.86 s (Qwen-Image)
 with two threads, about 20 minutes per 1200-step run; at load 4-5 one thread ran 2.5x faster per
@@ -140,6 +147,27 @@ CONFIGS = {
         "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
                            "pooled_projection_dim": 0},
     },
+    # Held out (archs.HELDOUT_ARCHS): 6 MMDiT joint blocks like SD3.5 (RMS qk-norm, pooled text adaLN, the
+    # last block context-pre-only), inner dim 128 = 4 heads x 32, patch 2 over the [B, 1, 16, 16] image.
+    "sd3": {
+        "arch": "sd3",
+        "transformer": {
+            "sample_size": 16,
+            "patch_size": 2,
+            "in_channels": 1,
+            "out_channels": 1,
+            "num_layers": 6,
+            "attention_head_dim": 32,
+            "num_attention_heads": 4,
+            "joint_attention_dim": 128,
+            "caption_projection_dim": 128,
+            "pooled_projection_dim": 128,
+            "pos_embed_max_size": 16,
+            "qk_norm": "rms_norm",
+        },
+        "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
+                           "pooled_projection_dim": 128},
+    },
 }
 ARCH = CONFIGS["flux"]  # backwards-compatible name
 
@@ -159,6 +187,7 @@ DEFAULTS = {
     # CPU; one thread: on the shared 2-core machine two threads ran 2.5x slower per step than one
     "wan": RunDefaults(steps=1200, batch_size=64, threads=1),
     "qwen": RunDefaults(steps=1200, batch_size=64, threads=1),
+    "sd3": RunDefaults(steps=1200, batch_size=64, threads=1),
 }
 
 
@@ -215,6 +244,10 @@ def zero_init(model: D.DigitsModel) -> None:
     elif model.arch == "qwen":
         for blk in tr.transformer_blocks:
             _zero(blk.img_mod[1], blk.txt_mod[1])
+        _zero(tr.norm_out.linear, tr.proj_out)
+    elif model.arch == "sd3":
+        for blk in tr.transformer_blocks:
+            _zero(blk.norm1.linear, blk.norm1_context.linear)  # the last block's context norm is continuous: still a linear
         _zero(tr.norm_out.linear, tr.proj_out)
     else:
         raise ValueError(model.arch)

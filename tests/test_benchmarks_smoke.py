@@ -169,3 +169,29 @@ def test_summary_picks_the_same_rows_from_the_written_table(tmp_path):
     path.write_text(results_markdown(res, {}))
     back = result_from_markdown(str(path), {r.name: r.series for r in rows})
     assert summary(res)["ours_best"].name == summary(back)["ours_best"].name == "ours b"  # 2.23x tie: 'b' > 'a'
+
+
+def test_cache_dit_with_taylorseer_runs_on_the_heldout_sd3_layout():
+    """cache-dit knows SD3 only through its pipeline, and its encoder calibrator asserts on SD3's
+    context-pre-only last block: the harness hands it its own SD3 BlockAdapter with the encoder
+    calibrator off, so the tuned TaylorSeer rows run (and reuse) on the held-out model."""
+    import torch
+
+    from benchmarks import methods as M
+    from benchmarks.common import SampleHooks
+    from cachedit.bundled import digits as D
+
+    model, _ = bench.load_bundled("sd3", tiny=True)
+    t = model.transformer
+    assert M.arch_of(t) == "sd3"
+    ref = D.generate(model, [1, 2], num_steps=8, seed=0)
+    # a threshold no step exceeds: random weights, and the point is that reused steps run
+    method = M.cache_dit_method("cache-dit F1B0 R100 W1 MC4 TS2", "cache-dit", threshold=100.0, warmup=1, mc=4, order=2)
+    method.enable(t, 8, SampleHooks())
+    try:
+        method.before_run(t)
+        out = D.generate(model, [1, 2], num_steps=8, seed=0)
+        assert method.report(t)["cached_steps"] > 0 and out.shape == ref.shape and torch.isfinite(out).all()
+    finally:
+        method.disable(t)
+    assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)

@@ -1,5 +1,6 @@
 """Tests for the bundled tiny DiTs trained on sklearn digits (cachedit.bundled): the Flux model
-(the default) and the Wan and Qwen-Image layouts, their inputs helper, sampling and metrics."""
+(the default), the Wan and Qwen-Image layouts and the held-out SD3 layout, their inputs helper,
+sampling and metrics."""
 
 import math
 import os
@@ -124,6 +125,7 @@ def test_real_digits_are_classified():
 
 # digit accuracy of generate(model, arange(N) % 10, 28 Euler steps, CFG 3 batched, seed 0), as measured
 MEASURED_ACCURACY = {"flux": (40, 1.0), "wan": (10, 1.0), "qwen": (10, 1.0)}
+SD3_ACCURACY = 1.0  # the held-out model, 10 images, same call
 
 
 @pytest.mark.parametrize("arch", D.ARCHS)
@@ -173,8 +175,10 @@ def test_archs_and_weights_are_listed():
         assert os.path.isfile(D.weights_path(arch)) and os.path.isfile(D.config_path(arch))
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000  # fp16, a few MB
     assert D.weights_path() == D.WEIGHTS_PATH and D.config_path() == D.CONFIG_PATH
+    assert D.HELDOUT_ARCHS == ("sd3",) and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
+    assert os.path.getsize(D.weights_path("sd3")) < 13_000_000 and os.path.isfile(D.config_path("sd3"))
     with pytest.raises(ValueError, match="unknown bundled arch"):
-        D.load_model("sd3")
+        D.load_model("hidream")
     with pytest.raises(TypeError):
         D.load_model(torch.float16)  # the first argument is the arch now
 
@@ -193,6 +197,27 @@ def test_new_archs_load_as_diffusers_models(models, arch, cls, blocks, depth):
     assert next(tr.parameters()).dtype == torch.float32
     ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
     assert ehs.shape == (3, 4, 128) and pooled is None
+
+
+def test_heldout_sd3_loads_and_is_called_as_the_sd3_pipeline_calls_it():
+    """The held-out model: SD3Transformer2DModel (6 joint blocks, the last context-pre-only), fed the
+    [B, C, H, W] latents and timestep = sigma * 1000 as StableDiffusion3Pipeline feeds them."""
+    import diffusers
+
+    m = D.load_model("sd3")
+    tr = m.transformer
+    assert type(tr) is diffusers.SD3Transformer2DModel and m.arch == "sd3" and m.sigma_shift == 1.0
+    assert len(tr.transformer_blocks) == 6 and tr.transformer_blocks[-1].context_pre_only
+    ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
+    assert ehs.shape == (3, 4, 128) and pooled.shape == (3, 128)
+    noise = torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(3))
+    lat = A.initial_latents("sd3", 2, seed=3)
+    assert torch.equal(lat, noise) and torch.equal(D.latents_to_images(lat, "sd3"), ((noise + 1) * 0.5).clamp(0, 1))
+    kw = A.transformer_kwargs("sd3", lat, 0.25, (ehs[:2], pooled[:2]))
+    assert sorted(kw) == ["encoder_hidden_states", "hidden_states", "pooled_projections", "return_dict", "timestep"]
+    assert torch.equal(kw["timestep"], torch.tensor([250.0, 250.0]))
+    labels = torch.arange(10)
+    assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == SD3_ACCURACY
 
 
 def test_initial_latents_are_the_pipelines_layouts():
