@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import types
 import os
 import platform
 import statistics
@@ -109,6 +111,37 @@ class Inputs:
         return self.call_kwargs(self.latents, 1.0)["txt_ids"]
 
 
+def diffusers_cache_api(transformer: nn.Module, name: str) -> Callable[..., Any]:
+    """diffusers' `CacheMixin.<name>` (enable_cache, disable_cache, cache_context, _reset_stateful_cache)
+    for `transformer`. A model class without the mixin (SD3Transformer2DModel in diffusers 0.42) gets the
+    mixin's functions bound to it, and for enable_cache the public `diffusers.hooks.apply_*` function the
+    mixin would call (its own enable_cache reads a property the class lacks): the same hooks on the
+    same modules, which is how a user gives such a model diffusers' caches."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    if isinstance(transformer, CacheMixin):
+        return getattr(transformer, name)
+    if not hasattr(transformer, "_cache_config"):
+        transformer._cache_config = None
+    if name == "enable_cache":
+        return functools.partial(_apply_diffusers_cache, transformer)
+    return types.MethodType(getattr(CacheMixin, name), transformer)
+
+
+def _apply_diffusers_cache(transformer: nn.Module, config: Any) -> None:
+    """`CacheMixin.enable_cache(config)` for a model without the mixin."""
+    from diffusers import hooks as H
+
+    apply = {"FasterCacheConfig": H.apply_faster_cache, "FirstBlockCacheConfig": H.apply_first_block_cache,
+             "MagCacheConfig": H.apply_mag_cache, "PyramidAttentionBroadcastConfig": H.apply_pyramid_attention_broadcast,
+             "TaylorSeerCacheConfig": H.apply_taylorseer_cache}[type(config).__name__]
+    if transformer._cache_config is not None:
+        raise ValueError("a diffusers cache is already enabled on this model")
+    apply(transformer, config)
+    H.HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+    transformer._cache_config = config
+
+
 @dataclass
 class SampleHooks:
     """Optional per-run plumbing the caches need: diffusers' cache_context, a timestep holder
@@ -134,8 +167,8 @@ def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = No
             if hooks is not None:
                 hooks.current_timestep[0] = s * 1000.0
                 if hooks.diffusers_context:
-                    ctx = transformer.cache_context("cond", step_index=i, num_inference_steps=n, timestep=s * 1000.0,
-                                                    sigma=s)
+                    ctx = diffusers_cache_api(transformer, "cache_context")("cond", step_index=i, num_inference_steps=n,
+                                                                            timestep=s * 1000.0, sigma=s)
             with ctx:
                 out = transformer(**inp.call_kwargs(h, s))[0]
             if inp.guidance is not None:

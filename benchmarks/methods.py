@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .common import SampleHooks, diffusers_hook_roots, param_ptrs, reachable_tensor_bytes
+from .common import SampleHooks, diffusers_cache_api, diffusers_hook_roots, param_ptrs, reachable_tensor_bytes
 
 
 @dataclass
@@ -270,19 +270,19 @@ TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"]} 
 
 
 def _diffusers_reset(t: nn.Module) -> None:
-    t._reset_stateful_cache()
+    diffusers_cache_api(t, "_reset_stateful_cache")()
 
 
 def _diffusers_disable(t: nn.Module) -> None:
-    if getattr(t, "is_cache_enabled", False):
-        t.disable_cache()
+    if getattr(t, "_cache_config", None) is not None:
+        diffusers_cache_api(t, "disable_cache")()
 
 
 def diffusers_method(name: str, series: str, make_config: Callable[[int, SampleHooks], Any], params: Dict[str, Any],
                      context: bool = True) -> Method:
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         hooks.arch = arch_of(t)
-        t.enable_cache(make_config(steps, hooks))
+        diffusers_cache_api(t, "enable_cache")(make_config(steps, hooks))
 
     return Method(name=name, family="diffusers", series=series, enable=enable, disable=_diffusers_disable,
                   before_run=_diffusers_reset, diffusers_context=context, memory_roots=diffusers_hook_roots,
@@ -363,14 +363,14 @@ def calibrate_magcache(transformer: nn.Module, run: Callable[[SampleHooks], Any]
     """diffusers' MagCache calibration mode: one uncached-equivalent run that prints the ratios."""
     from diffusers.hooks import MagCacheConfig
 
-    transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    diffusers_cache_api(transformer, "enable_cache")(MagCacheConfig(calibrate=True, num_inference_steps=steps))
     buf = io.StringIO()
     try:
-        transformer._reset_stateful_cache()
+        diffusers_cache_api(transformer, "_reset_stateful_cache")()
         with contextlib.redirect_stdout(buf):
             run(SampleHooks(diffusers_context=True))
     finally:
-        transformer.disable_cache()
+        diffusers_cache_api(transformer, "disable_cache")()
     text = buf.getvalue()
     start = text.index("[", text.index("Calibration Complete"))
     ratios = ast.literal_eval(text[start:text.index("]", start) + 1])

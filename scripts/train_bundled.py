@@ -1,6 +1,6 @@
 """Train the tiny class-conditional digit DiTs bundled in ``cachedit/bundled`` (sklearn digits).
 
-One recipe, three diffusers layouts (``--arch``; see ``cachedit/bundled/archs.py`` for how each
+One recipe, four diffusers layouts (``--arch``; see ``cachedit/bundled/archs.py`` for how each
 is called):
 
 * ``flux``: ``FluxTransformer2DModel``, 2 double-stream + 10 single-stream blocks, inner dim 160;
