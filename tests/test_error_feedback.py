@@ -218,6 +218,23 @@ def test_final_step_always_computes_with_feedback():
     cachedit.disable_cache(model)
 
 
+def test_final_step_computes_on_a_shifted_schedule_through_a_pipeline():
+    """Enabled on a pipeline, the run's step count is the pipeline's (`num_timesteps`): the last step
+    is known by count and computes. Guessed from the pace of the step before, it was missed on a
+    shifted schedule, whose last step is its longest (shift 3, 12 steps: 0.21 of sigma after 0.16)."""
+    from cachedit.bundled import digits as D
+
+    model = D.load_model("flux")
+    cachedit.enable_cache(model, error_budget=1.0)  # a budget that lets every other step reuse
+    try:
+        for seed in range(3):  # with the pace guess, seed 1 reused step 11
+            D.generate(model, [3], num_steps=12, cfg_mode="none", sigma_shift=3.0, seed=seed)
+            cached = cachedit.summary(model.transformer, logging=False)[0].cached_steps
+            assert len(cached) >= 6 and 11 not in cached, (seed, cached)
+    finally:
+        cachedit.disable_cache(model)
+
+
 def test_fixed_threshold_unchanged_by_feedback_code(tiny_flux):
     """An explicit threshold measures no error and behaves as before (cache-dit parity lives in
     test_cache_dit_parity.py): the last step may reuse, thresholds stay put."""

@@ -112,6 +112,11 @@ class CacheEngine:
         hint = getattr(self.placer.local, "hint", None)
         self.placer.local.hint = None
         piped = self.pipeline_probe() if self.pipeline_probe is not None else None
+        if run.total_steps is None and piped is not None and piped.steps and self.expert is None:
+            # The pipeline's step count ends the run and marks its last step, which always computes. Without
+            # it the last step is guessed from the pace of the one before, which a shifted schedule (its last
+            # step the longest) misses: SD3-layout model, shift 3, 20 steps: the last step was reused.
+            run.total_steps = piped.steps
         if self.feedback is not None:  # guidance multiplies reuse errors: the budget follows it
             guidance = hint.guidance if hint is not None else None
             if guidance is None and piped is not None:
