@@ -63,7 +63,7 @@ def _reset_ours_stats(t: nn.Module) -> None:
 
 
 def preset_tag(preset: str) -> str:
-    """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC6` (the long-run rule)."""
+    """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC5` (the long-run rule)."""
     from cachedit.config.options import LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
     from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS
 
@@ -73,7 +73,7 @@ def preset_tag(preset: str) -> str:
 
 def default_tag() -> str:
     """What `cachedit.enable_cache(pipe)` runs with, e.g. `balanced: F0B0 W2 MC4 TS1, error budget
-    0.15; 20+ steps: TS2 at 0.2, 50+: MC6` (the presets' long-run rule)."""
+    0.15; 20+ steps: TS2 at 0.2, 50+: MC5` (the presets' long-run rule)."""
     from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
     from cachedit.config.options import DEFAULT_QUALITY
 

@@ -170,13 +170,13 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     assert {p: plan_run(p, "dit", RunInfo(50), default_taylorseer=True).budget for p in QUALITY_PRESETS} == LONG_RUN_BUDGETS
     # from LONGER_RUN_STEPS on (the whole denoising's), up to LONGER_RUN_MAX_IN_A_ROW reused steps in a row
     longer = plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS), default_taylorseer=True)
-    assert longer.label() == "balanced, long run: budget 0.2, warmup 2, max in a row 6, TaylorSeer 2"
+    assert longer.label() == "balanced, long run: budget 0.2, warmup 2, max in a row 5, TaylorSeer 2"
     assert plan_run("fast", "dit", RunInfo(25, 0.5, 1.0), default_taylorseer=True).config[
         "max_continuous_cached_steps"] == LONGER_RUN_MAX_IN_A_ROW  # the second half of a 50-step run
     assert "max_continuous_cached_steps" not in plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS - 1),
                                                          default_taylorseer=True).config
     capped = apply_settings(_opts(), longer)
-    assert capped.cache_config.max_continuous_cached_steps == 6 and _opts().cache_config.max_continuous_cached_steps == 4
+    assert capped.cache_config.max_continuous_cached_steps == 5 and _opts().cache_config.max_continuous_cached_steps == 4
 
     base = _opts(quality="fast")
     assert base.default_taylorseer and base.taylorseer_order == 1 and base.max_taylorseer_order == 2
@@ -189,10 +189,10 @@ def test_long_runs_predict_with_order_two_at_their_budget():
 
 @pytest.mark.parametrize("steps, order, budget, in_a_row", [(24, 2, LONG_RUN_BUDGETS["balanced"], 4),
                                                              (16, 1, QUALITY_PRESETS["balanced"], 4),
-                                                             (50, 2, LONG_RUN_BUDGETS["balanced"], 6)])
+                                                             (50, 2, LONG_RUN_BUDGETS["balanced"], 5)])
 def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_row):
     """What a run rule picks is what runs: the default's images of a long run are bit-identical to
-    the explicit config of that rule (TaylorSeer order 2 at the long-run budget; 6 in a row from
+    the explicit config of that rule (TaylorSeer order 2 at the long-run budget; 5 in a row from
     50 steps), and of a shorter run to order 1 at the preset's budget (the block cache takes the
     run's order, not the order the model was enabled with)."""
     from cachedit.bundled import digits as D
