@@ -196,8 +196,8 @@ def test_the_peers_run_on_the_heldout_sd3_layout():
     finally:
         method.disable(t)
     assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
-    # diffusers' attention-level TaylorSeer (its First Block Cache and MagCache subtract SD3's missing text
-    # output at the last block and fail: recorded as failed rows)
+    # diffusers' attention-level TaylorSeer (its First Block Cache subtracts SD3's missing text
+    # output at the last block and fails: recorded as a failed row; MagCache runs)
     taylor = M.diffusers_taylorseer(2, before=1)
     hooks = SampleHooks(diffusers_context=True)
     taylor.enable(t, 8, hooks)
