@@ -72,14 +72,14 @@ def test_accelerate_fast_few_step_run_and_log_line(pack, comfy_harness, caplog):
     assert not [s for s in record.steps if s.reused and s.step < 3]
 
 
-def test_accelerate_fifty_step_run_reuses_up_to_six_in_a_row(pack, comfy_harness, caplog):  # noqa: F811
-    """ComfyUI's sigmas say a run has 50 steps: the long-run rule with 6 reused steps in a row (the
+def test_accelerate_fifty_step_run_reuses_up_to_five_in_a_row(pack, comfy_harness, caplog):  # noqa: F811
+    """ComfyUI's sigmas say a run has 50 steps: the long-run rule with 5 reused steps in a row (the
     log line says so), and no streak in the run's record is longer; 28 steps keep 4."""
     import cachedit
 
     h = comfy_harness
     model = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=h.build_model("flux"), preset="balanced")[0]
-    for steps, in_a_row in ((50, 6), (28, 4)):
+    for steps, in_a_row in ((50, 5), (28, 4)):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="cachedit"):
             _sample(h, model, steps=steps)
@@ -87,7 +87,7 @@ def test_accelerate_fifty_step_run_reuses_up_to_six_in_a_row(pack, comfy_harness
         assert engine.run_settings.rule == "long run"
         assert engine.options.cache_config.max_continuous_cached_steps == in_a_row
         line = next(r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage())
-        label = "max in a row 6, " if in_a_row == 6 else "warmup 2, TaylorSeer 2"
+        label = "max in a row 5, " if in_a_row == 5 else "warmup 2, TaylorSeer 2"
         assert label in line, line
         record = cachedit.get_manager().stats.last_record(engine.key)
         streak = longest = 0
