@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import types
 import os
 import platform
 import statistics
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
