@@ -181,10 +181,15 @@ def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
     return {"cached_steps": cached, "cached_steps_list": [list(s.cached_steps or []) for s in stats]}
 
 
+def _is_sd3(t: nn.Module) -> bool:
+    """An SD3 transformer (cache-dit needs its SD3 adapter and no encoder calibrator there)."""
+    return type(t).__name__ == "SD3Transformer2DModel"
+
+
 def _cache_dit_target(t: nn.Module) -> Any:
     """What cache-dit is enabled on: the transformer itself, or for SD3 (which cache-dit only knows
     through StableDiffusion3Pipeline) the BlockAdapter its own SD3 adapter builds (blocks, Pattern_1)."""
-    if type(t).__name__ != "SD3Transformer2DModel":
+    if not _is_sd3(t):
         return t
     from cache_dit import BlockAdapter, ForwardPattern
 
@@ -216,7 +221,7 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
         # SD3's last block is context-pre-only (no text output): cache-dit 1.5.3's encoder calibrator then
         # asserts on its missing state at the first reused step, so on SD3 it is off (it has nothing to forecast).
-        encoder = type(t).__name__ != "SD3Transformer2DModel"
+        encoder = not _is_sd3(t)
         built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
             taylorseer_order=order, enable_encoder_calibrator=encoder) if order else None)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -257,7 +262,10 @@ def arch_of(t: nn.Module) -> str:
     from cachedit.bundled.archs import ARCHS
 
     name = type(t).__name__
-    return next(a for a, spec in ARCHS.items() if spec.transformer_class == name)
+    for arch, spec in ARCHS.items():
+        if spec.transformer_class == name:
+            return arch
+    raise ValueError(f"transformer class {name!r} is none of the bundled layouts' ({sorted(ARCHS)})")
 
 
 # Block lists (PAB) and attention modules (FasterCache) per layout.
