@@ -134,7 +134,7 @@ def _apply_diffusers_cache(transformer: nn.Module, config: Any) -> None:
 
     apply = {"FasterCacheConfig": H.apply_faster_cache, "FirstBlockCacheConfig": H.apply_first_block_cache,
              "MagCacheConfig": H.apply_mag_cache, "PyramidAttentionBroadcastConfig": H.apply_pyramid_attention_broadcast,
-             "TaylorSeerCacheConfig": H.apply_taylorseer_cache}[type(config).__name__]
+             "TaylorSeerCacheConfig": H.apply_taylorseer_cache, "SeaCacheConfig": H.apply_sea_cache}[type(config).__name__]
     if transformer._cache_config is not None:
         raise ValueError("a diffusers cache is already enabled on this model")
     apply(transformer, config)

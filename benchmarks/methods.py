@@ -3,7 +3,8 @@ what to do before each generation, how to read its cache memory and cached steps
 
 Three families: `ours` (cachedit), `cache-dit` (the real package, on the transformer alone) and
 `diffusers` (the hooks built into diffusers 0.42: FirstBlockCache, TaylorSeerCache, MagCache,
-FasterCache, PyramidAttentionBroadcast). One cache at a time on a model, always.
+FasterCache, PyramidAttentionBroadcast, SeaCache). One cache at a time on a model, always. (diffusers'
+TextKVCache is exact and hooks NucleusMoE-Image blocks only: nothing of it applies to these layouts.)
 """
 
 from __future__ import annotations
@@ -332,6 +333,40 @@ def diffusers_magcache(threshold: float, max_skip: int = 3, retention: float = 0
     return diffusers_method(f"diffusers MagCache R{threshold:g} K{max_skip}", "diffusers MagCache", make,
                             {"threshold": threshold, "max_skip_steps": max_skip, "retention_ratio": retention,
                              "_needs_magcache_ratios": True, "_ratios_store": store})
+
+
+def _sea_raw_vision(t: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> Optional[List[torch.Tensor]]:
+    """SeaCache's view of the latents being denoised: one [C, T, H, W] tensor per batch row. diffusers
+    builds it itself for Wan text-to-video only; the image layouts get this callback (Flux and
+    Qwen-Image pass packed [B, N, C*4] tokens, SD3 [B, C, H, W] latents; T = 1)."""
+    from cachedit.bundled.archs import unpack_latents
+
+    x = kwargs.get("hidden_states", args[0] if args else None)
+    if not isinstance(x, torch.Tensor):
+        return None
+    if x.ndim == 3:
+        x = unpack_latents(x)
+    if x.ndim == 4:
+        x = x.unsqueeze(2)
+    return list(x.unbind(0)) if x.ndim == 5 else None
+
+
+def diffusers_seacache(threshold: float, max_cached: int = 2, order: int = 1, power_exp: float = 3.0) -> Method:
+    """SeaCache (diffusers 0.42): reuse the block stack's residual (order 1: linearly extrapolated)
+    while the accumulated relative change of a spectrally filtered view of the input latents stays
+    under `threshold`; the first and last steps always compute (its defaults). On SD3 it never reuses:
+    it records a residual only with the last block's text output, which SD3's context-pre-only last
+    block does not return (it logs 'cache hit without residual history' and runs full)."""
+    from diffusers.hooks import SeaCacheConfig
+
+    def make(steps: int, hooks: SampleHooks):
+        return SeaCacheConfig(threshold=threshold, residual_order=order, max_consecutive_cached=max_cached,
+                              power_exp=power_exp, raw_vision_callback=None if hooks.arch == "wan" else _sea_raw_vision)
+
+    label = f"diffusers SeaCache R{threshold:g} K{max_cached} O{order}" + ("" if power_exp == 3.0 else f" P{power_exp:g}")
+    return diffusers_method(label, "diffusers SeaCache", make,
+                            {"threshold": threshold, "max_consecutive_cached": max_cached, "residual_order": order,
+                             "power_exp": power_exp})
 
 
 def diffusers_pab(skip: int, lo: float = 100, hi: float = 800) -> Method:

@@ -101,7 +101,7 @@ def section(results_dir: str = RESULTS_DIR) -> str:
            "CacheDit's default (error feedback, balanced), its quality presets, the old fixed-threshold default and a "
            "tuned sweep (Fn=0, error budgets); the real cache-dit 1.5.3 (its default, F8B0/F1B0 threshold sweeps, its "
            "TaylorSeer, steps masks, F1B0 tuned over threshold/warmup/cap/order); diffusers 0.42's caches (First Block "
-           "Cache, TaylorSeer, MagCache, FasterCache, PAB, each tuned over its knobs). Tuned = a quality-only grid per "
+           "Cache, TaylorSeer, MagCache, FasterCache, PAB, SeaCache, each tuned over its knobs). Tuned = a quality-only grid per "
            "family, the settings with the least block compute at >= 40 dB then timed. Quality: PSNR pooled over 3 seeds "
            "x 8 images against the uncached images of the same seed, with unchanged digit accuracy. This section is "
            f"written by `python -m benchmarks.readme` from the tables: {links}."]

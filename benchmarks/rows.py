@@ -67,9 +67,10 @@ def diffusers_rows(sweep: str) -> List[M.Method]:
         return ([M.diffusers_fbc(t) for t in (0.05, 0.1, 0.16, 0.2, 0.3)]
                 + [M.diffusers_taylorseer(i) for i in (2, 3, 5)]
                 + [M.diffusers_magcache(t) for t in (0.06, 0.12, 0.24)]
-                + [M.diffusers_fastercache(2), M.diffusers_pab(2), M.diffusers_pab(3)])
+                + [M.diffusers_fastercache(2), M.diffusers_pab(2), M.diffusers_pab(3), M.diffusers_seacache(0.25, 2)])
     return ([M.diffusers_fbc(t) for t in (0.05, 0.1, 0.2)] + [M.diffusers_taylorseer(i) for i in (2, 3)]
-            + [M.diffusers_magcache(t) for t in (0.06, 0.24)] + [M.diffusers_fastercache(2), M.diffusers_pab(2)])
+            + [M.diffusers_magcache(t) for t in (0.06, 0.24)] + [M.diffusers_fastercache(2), M.diffusers_pab(2)]
+            + [M.diffusers_seacache(0.25, 2)])  # SeaCacheConfig()'s defaults
 
 
 def timed_rows(sweep: str) -> List[M.Method]:
@@ -92,7 +93,7 @@ def quick_rows() -> List[M.Method]:
 # ----------------------------------------------------------------------------------------------
 # family key of a grid row -> how many of its picks are timed
 TUNED_FAMILIES = {"ours tuned": 3, "cache-dit tuned": 3, "diffusers FBC": 1, "diffusers TaylorSeer": 1,
-                  "diffusers MagCache": 1, "diffusers PAB": 1, "diffusers FasterCache": 1}
+                  "diffusers MagCache": 1, "diffusers PAB": 1, "diffusers FasterCache": 1, "diffusers SeaCache": 1}
 
 
 def tuning_grid(sweep: str, quick: bool = False) -> Dict[str, List[M.Method]]:
@@ -122,6 +123,8 @@ def tuning_grid(sweep: str, quick: bool = False) -> Dict[str, List[M.Method]]:
         "diffusers PAB": [M.diffusers_pab(s, lo, hi) for s in (2, 3, 4)
                           for lo, hi in (((100, 800), (0, 1000)) if full else ((0, 1000),))],
         "diffusers FasterCache": [M.diffusers_fastercache(s) for s in (3, 4)],
+        # its accumulated-change budget x the cap on reuses in a row (residual extrapolated, order 1)
+        "diffusers SeaCache": [M.diffusers_seacache(t, k) for t in (0.2, 0.4, 0.8, 1.2, 2.0) for k in (2, 3, 4)],
     }
     for fam, ms in grid.items():
         for m in ms:

@@ -211,3 +211,45 @@ def test_the_peers_run_on_the_heldout_sd3_layout():
     finally:
         taylor.disable(t)
     assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
+
+
+@pytest.mark.parametrize("arch", ["flux", "wan", "qwen"])
+def test_seacache_reuses_on_the_bundled_layouts(arch):
+    """diffusers 0.42's SeaCache builds its spectral indicator itself only for Wan text-to-video; the
+    image layouts get the harness's view of their latents (`_sea_raw_vision`). On each layout a budget
+    no step exceeds must reuse (cap 2 in a row), and disabling must give back the uncached images."""
+    import torch
+
+    from benchmarks import methods as M
+    from benchmarks.common import SampleHooks, bundled_inputs, euler
+
+    model, _ = bench.load_bundled(arch, tiny=True)
+    t = model.transformer
+    inp = bundled_inputs(model, [1, 2], steps=8)
+    ref = euler(t, inp)
+    method = M.diffusers_seacache(100.0, 2)
+    hooks = SampleHooks(diffusers_context=True)
+    method.enable(t, 8, hooks)
+    try:
+        method.before_run(t)
+        out = euler(t, inp, hooks)
+        assert not torch.equal(out, ref) and torch.isfinite(out).all()
+    finally:
+        method.disable(t)
+    assert torch.equal(euler(t, inp), ref)
+
+
+def test_seacache_view_of_the_latents_per_layout():
+    """One [C, T=1, H, W] tensor per batch row, whatever the layout hands the transformer: packed
+    tokens (Flux, Qwen-Image) are unpacked into the image, SD3's [B, C, H, W] gets its frame axis."""
+    import torch
+
+    from benchmarks import methods as M
+    from cachedit.bundled.archs import pack_images
+
+    images = torch.randn(3, 16, 16, 16)
+    packed = M._sea_raw_vision(None, (), {"hidden_states": pack_images(images)})
+    assert len(packed) == 3 and all(torch.equal(p, i.unsqueeze(1)) for p, i in zip(packed, images))
+    plain = M._sea_raw_vision(None, (images,), {})
+    assert [p.shape for p in plain] == [torch.Size([16, 1, 16, 16])] * 3
+    assert M._sea_raw_vision(None, (), {"hidden_states": None}) is None
