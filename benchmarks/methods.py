@@ -351,7 +351,7 @@ def _sea_raw_vision(t: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> Option
     return list(x.unbind(0)) if x.ndim == 5 else None
 
 
-def diffusers_seacache(threshold: float, max_cached: int = 2, order: int = 1, power_exp: float = 3.0) -> Method:
+def diffusers_seacache(threshold: float, max_cached: int = 2, order: int = 1) -> Method:
     """SeaCache (diffusers 0.42): reuse the block stack's residual (order 1: linearly extrapolated)
     while the accumulated relative change of a spectrally filtered view of the input latents stays
     under `threshold`; the first and last steps always compute (its defaults). On SD3 it never reuses:
@@ -361,12 +361,10 @@ def diffusers_seacache(threshold: float, max_cached: int = 2, order: int = 1, po
 
     def make(steps: int, hooks: SampleHooks):
         return SeaCacheConfig(threshold=threshold, residual_order=order, max_consecutive_cached=max_cached,
-                              power_exp=power_exp, raw_vision_callback=None if hooks.arch == "wan" else _sea_raw_vision)
+                              raw_vision_callback=None if hooks.arch == "wan" else _sea_raw_vision)
 
-    label = f"diffusers SeaCache R{threshold:g} K{max_cached} O{order}" + ("" if power_exp == 3.0 else f" P{power_exp:g}")
-    return diffusers_method(label, "diffusers SeaCache", make,
-                            {"threshold": threshold, "max_consecutive_cached": max_cached, "residual_order": order,
-                             "power_exp": power_exp})
+    return diffusers_method(f"diffusers SeaCache R{threshold:g} K{max_cached} O{order}", "diffusers SeaCache", make,
+                            {"threshold": threshold, "max_consecutive_cached": max_cached, "residual_order": order})
 
 
 def diffusers_pab(skip: int, lo: float = 100, hi: float = 800) -> Method:
