@@ -253,3 +253,69 @@ def test_seacache_view_of_the_latents_per_layout():
     plain = M._sea_raw_vision(None, (images,), {})
     assert [p.shape for p in plain] == [torch.Size([16, 1, 16, 16])] * 3
     assert M._sea_raw_vision(None, (), {"hidden_states": None}) is None
+
+
+def _summary_row(name, family, speedup, psnr, compute, series=None):
+    from benchmarks.bundled_bench import Row
+
+    return Row(name=name, family=family, series=series or family, speedup=speedup, speedup_lo=speedup,
+               speedup_hi=speedup, time_s=1.0, best_of=speedup, compute=compute, attn=compute, cached_steps=[3],
+               psnr=psnr, psnr_min=psnr, ssim=0.99, acc=1.0, cache_bytes=1, deterministic=True, restored=True)
+
+
+def test_head_to_head_times_each_familys_least_compute_rows_and_its_fastest():
+    """The contenders of a table: our default; per family the rows at >= 40 dB with the least block
+    compute (twins of one schedule, best PSNR first, at most 3) and the fastest; a peer family far
+    behind the best peer (< 75% of its speed) and rows below 40 dB are left out."""
+    from benchmarks.bundled_bench import BundledResult
+    from benchmarks.head_to_head import contenders
+
+    r = _summary_row
+    rows = [r("uncached", "uncached", 1.0, math.inf, 1.0),
+            r("ours default: balanced", "ours", 3.0, 43.0, 0.33),
+            r("ours a", "ours", 3.3, 42.0, 0.286), r("ours b", "ours", 3.8, 42.5, 0.286),
+            r("ours fast", "ours", 3.9, 40.5, 0.30), r("ours too lossy", "ours", 4.5, 38.0, 0.2),
+            r("cache-dit w1", "cache-dit", 3.1, 40.8, 0.313), r("cache-dit w2", "cache-dit", 3.14, 40.8, 0.313),
+            r("cache-dit r0.2", "cache-dit", 1.8, 44.0, 0.57),
+            r("diffusers SeaCache R1.2", "diffusers", 2.7, 42.3, 0.321, "diffusers SeaCache"),
+            r("diffusers SeaCache R0.25", "diffusers", 2.0, 45.0, 0.46, "diffusers SeaCache"),
+            r("diffusers FBC R0.15", "diffusers", 1.7, 42.9, 0.56, "diffusers FBC")]
+    res = BundledResult(steps=28, batch=8, rows=rows, baseline_times=[1.0], acc_ref=1.0, info={}, arch="flux",
+                        seeds=(0, 1, 2))
+    assert contenders(res) == ["ours default: balanced", "ours b", "ours a", "ours fast", "cache-dit w1",
+                               "cache-dit w2", "diffusers SeaCache R1.2"]
+    res.rows = [x for x in rows if x.family in ("uncached", "ours") or x.psnr < 40]
+    with pytest.raises(ValueError, match="no peer row"):
+        contenders(res)
+
+
+@pytest.mark.parametrize("table", ["results_28.md", "results_wan_28.md", "results_qwen_28.md"])
+def test_head_to_head_rebuilds_every_contender_of_the_committed_tables(table):
+    from benchmarks.head_to_head import _methods, contenders
+
+    res = result_from_markdown(str(bench.RESULTS_DIR) + "/" + table, R.series_names())
+    names = contenders(res)
+    assert names[0].startswith("ours default") and any(n.startswith("cache-dit") for n in names)
+    assert [m.name for m in _methods(names)][1:] == names[1:]  # the default row becomes today's default
+
+
+def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
+    """A 4-step, batch-1 table of three real row names: the head-to-head times exactly those, writes its
+    table and summary, and refuses a table of another model."""
+    from benchmarks.bundled_bench import BundledResult
+    from benchmarks.head_to_head import main
+
+    default = next(m.name for m in R.quick_rows() if m.name.startswith("ours default"))
+    names = [default, "ours adaptive F0B0 R0.16 W2 MC4 TS1", "cache-dit F1B0 R0.4 W2 MC4 TS2"]
+    rows = [_summary_row("uncached", "uncached", 1.0, math.inf, 1.0)] + [
+        _summary_row(n, "cache-dit" if n.startswith("cache-dit") else "ours", 2.0, 41.0, 0.5) for n in names]
+    table = tmp_path / "results_4.md"
+    table.write_text(results_markdown(BundledResult(steps=4, batch=1, rows=rows, baseline_times=[1.0], acc_ref=1.0,
+                                                    info={}, arch="flux", seeds=(0,)), {}))
+    assert main(["--arch", "flux", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "head_to_head_flux_4.md").read_text()
+    timed = [line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ") and " | " in line][1:]
+    assert timed == ["uncached"] + [m.name for m in R.quick_rows() if m.name.startswith("ours default")] + names[1:]
+    assert "### Summary (flux, 4 steps)" in text
+    with pytest.raises(SystemExit):
+        main(["--arch", "wan", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)])
