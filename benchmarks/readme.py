@@ -83,6 +83,23 @@ def _table_from(path: str) -> List[str]:
     return [f"*{title}*", ""] + lines[start:end]
 
 
+def _head_to_head_summaries(results_dir: str) -> List[str]:
+    """The summary lines of each results/head_to_head_<arch>_<steps>.md, under a bold model name."""
+    out: List[str] = []
+    for arch in ARCH_NAMES:
+        for path in sorted(glob.glob(os.path.join(results_dir, f"head_to_head_{arch}_*.md"))):
+            with open(path) as f:
+                lines = f.read().splitlines()
+            start = next((i for i, line in enumerate(lines) if line.startswith("### Summary")), None)
+            if start is None:
+                continue
+            steps = re.search(r"_(\d+)\.md$", path).group(1)
+            out += ["", f"**{ARCH_NAMES[arch]}, {steps} steps** "
+                    f"([`{os.path.basename(path)}`](benchmarks/results/{os.path.basename(path)})):", ""]
+            out += [line for line in lines[start + 1:] if line.startswith("- ")]
+    return out
+
+
 def _result_paths(results_dir: str) -> List[str]:
     def key(p: str):
         m = re.match(r"results_(?:(\w+?)_)?(\d+)\.md$", os.path.basename(p))
@@ -97,7 +114,8 @@ def section(results_dir: str = RESULTS_DIR) -> str:
     paths = _result_paths(results_dir)
     links = ", ".join(f"[`{os.path.basename(p)}`](benchmarks/results/{os.path.basename(p)})" for p in paths)
     out = ["`make bench` (`python -m benchmarks.run`) runs, per bundled model (the same digits DiT trained in three "
-           "diffusers layouts), in one process on the same inputs (CFG 3 batched, Euler, 28 and 50 steps): uncached; "
+           "diffusers layouts), in one process on the same inputs (CFG 3 batched, Euler, 28 and 50 steps; the tables "
+           "below are the newest of each model, 28 steps): uncached; "
            "CacheDit's default (error feedback, balanced), its quality presets, the old fixed-threshold default and a "
            "tuned sweep (Fn=0, error budgets); the real cache-dit 1.5.3 (its default, F8B0/F1B0 threshold sweeps, its "
            "TaylorSeer, steps masks, F1B0 tuned over threshold/warmup/cap/order); diffusers 0.42's caches (First Block "
@@ -113,6 +131,12 @@ def section(results_dir: str = RESULTS_DIR) -> str:
                     f"at >= {QUALITY_DB:g} dB (target for our best: >= 1.2x)."]
         results = [result_from_markdown(p, series_names()) for p in paths]
         out += [""] + summary_table(results)
+    duels = _head_to_head_summaries(results_dir)
+    if duels:
+        out += ["", "Head to head (`python -m benchmarks.head_to_head --arch <model>`): each family's contenders of the "
+                "table above (its least-compute rows at >= 40 dB and its fastest) timed again alone, 8 interleaved "
+                "rounds instead of 2, so the ratios are not one lucky row's:"]
+        out += duels
     defaults = _defaults_headline(os.path.join(results_dir, "defaults.md"))
     if defaults:
         out += ["", "Default robustness ([`defaults.md`](benchmarks/results/defaults.md): every model x 28/50 steps x "
