@@ -68,13 +68,14 @@ def contenders(res: BundledResult, share: float = CONTENDER_SHARE, per_family: i
     if d is not None:
         names.append(d.name)
     for fam in families:
-        rows = [r for r in res.rows if r.family not in ("uncached",) and _family_key(r) == fam
+        rows = [r for r in res.rows if r.family != "uncached" and _family_key(r) == fam
                 and R.ok_quality(r, res.acc_ref) and not r.error]
         if not rows:
             continue
         least = min(round(r.compute, 3) for r in rows)
         twins = sorted((r for r in rows if round(r.compute, 3) == least), key=lambda r: -r.psnr)[:per_family]
-        for r in twins + [best_at_quality(rows, rows[0].family, res.acc_ref)]:
+        fastest = best_at_quality(rows, rows[0].family, res.acc_ref)  # None if no row of it was timed
+        for r in twins + ([fastest] if fastest else []):
             if r.name not in names:
                 names.append(r.name)
     return names

@@ -94,7 +94,8 @@ def _head_to_head_summaries(results_dir: str) -> List[str]:
             if start is None:
                 continue
             steps = re.search(r"_(\d+)\.md$", path).group(1)
-            out += ["", f"**{ARCH_NAMES[arch]}, {steps} steps** "
+            rounds = re.search(r"one group: (\d+) rounds", "\n".join(lines))
+            out += ["", f"**{ARCH_NAMES[arch]}, {steps} steps{f', {rounds.group(1)} rounds' if rounds else ''}** "
                     f"([`{os.path.basename(path)}`](benchmarks/results/{os.path.basename(path)})):", ""]
             out += [line for line in lines[start + 1:] if line.startswith("- ")]
     return out
@@ -134,8 +135,8 @@ def section(results_dir: str = RESULTS_DIR) -> str:
     duels = _head_to_head_summaries(results_dir)
     if duels:
         out += ["", "Head to head (`python -m benchmarks.head_to_head --arch <model>`): each family's contenders of the "
-                "table above (its least-compute rows at >= 40 dB and its fastest) timed again alone, 8 interleaved "
-                "rounds instead of 2, so the ratios are not one lucky row's:"]
+                "table above (its least-compute rows at >= 40 dB and its fastest) timed again alone, in more interleaved "
+                "rounds than the table's 2, so the ratios are not one lucky row's:"]
         out += duels
     defaults = _defaults_headline(os.path.join(results_dir, "defaults.md"))
     if defaults:
