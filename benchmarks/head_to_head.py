@@ -28,7 +28,7 @@ from . import methods as M
 from . import rows as R
 from .bundled_bench import BundledResult, Row, run_bundled
 from .common import machine_block, machine_info
-from .report import QUALITY_DB, best_at_quality, default_row, peer_bests, result_from_markdown
+from .report import QUALITY_DB, best_at_quality, default_row, peer_bests, result_from_markdown, summary
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONTENDER_SHARE = 0.75  # a peer family is timed when its best row is at least this share of the best peer's speed
@@ -107,28 +107,25 @@ def report(res: BundledResult, table: str, rounds: int, info: Dict[str, str], se
         lines.append(f"| {r.name} | {r.family} | {r.speedup:.2f}x | {r.speedup_lo:.2f}-{r.speedup_hi:.2f} | "
                      f"{r.best_of:.2f}x | {r.time_s:.2f} | {100 * r.compute:.1f}% | {r.psnr:.2f} | {r.psnr_min:.2f} | "
                      f"{r.acc:.2f} |")
-    peers = peer_bests(res)
-    ours = best_at_quality(res.rows, "ours", res.acc_ref)
-    d = default_row(res.rows)
+    s = summary(res)
+    peers, best_peer = s["peers"], s["best_peer"]
     lines += ["", f"### Summary ({res.arch}, {res.steps} steps)"]
     if not peers:
         lines.append(f"- no peer row at >= {QUALITY_DB:g} dB")
         return "\n".join(lines)
-    best_peer = max(peers.values(), key=lambda r: r.speedup)
     leanest = min((r for r in res.rows if r.family not in ("ours", "uncached") and R.ok_quality(r, res.acc_ref)),
                   key=lambda r: (r.compute, -r.speedup))
     for fam, r in sorted(peers.items(), key=lambda kv: -kv[1].speedup):
         lines.append(f"- best {fam}: {r.name}: {r.speedup:.2f}x (best-of {r.best_of:.2f}x), {r.psnr:.1f} dB, "
                      f"{100 * r.compute:.1f}% compute")
     lines.append(f"- least block compute of a peer: {leanest.name}: {100 * leanest.compute:.1f}%")
-    for label, r in (("our default", d), ("our best", ours)):
+    for label, key, r in (("our default", "default_vs_peer", s["default"]), ("our best", "ours_vs_peer", s["ours_best"])):
         if r is None:
             lines.append(f"- {label}: none at >= {QUALITY_DB:g} dB")
             continue
         lines.append(f"- {label}: {r.name}: {r.speedup:.2f}x (best-of {r.best_of:.2f}x), {r.psnr:.1f} dB, "
-                     f"{100 * r.compute:.1f}% compute: / best peer {r.speedup / best_peer.speedup:.2f}x "
-                     f"(best-of {r.best_of / best_peer.best_of:.2f}x); by block compute "
-                     f"{leanest.compute / r.compute:.2f}x")
+                     f"{100 * r.compute:.1f}% compute: / best peer {s[key]:.2f}x (best-of {s[key + '_bestof']:.2f}x); "
+                     f"by block compute {leanest.compute / r.compute:.2f}x")
     return "\n".join(lines)
 
 
