@@ -150,6 +150,13 @@ def summarize(model: Any) -> Summary:
             zh.append(f"实测复用误差（在 {errors['errors_measured']} 个计算步上检查）：中位 {errors['error_p50']:.3g}，"
                       f"最大 {errors['error_max']:.3g}，预算 {errors['error_budget']:g}；"
                       f"{errors['errors_over_budget']} 步超出预算（之后阈值随之降低）。")
+        noisy_from = getattr(record, "noisy_from", None)
+        if noisy_from is not None:
+            en.append(f"The sampler adds new noise at every step (ancestral / SDE), where a reused step changes the "
+                      f"image: every step from step {noisy_from} on was computed. For speed use euler, dpmpp_2m, "
+                      f"uni_pc, deis or res_multistep.")
+            zh.append(f"该采样器每一步都加入新噪声（ancestral / SDE 类），复用会改变图像：从第 {noisy_from} 步起每一步都完整"
+                      f"计算。需要加速请改用 euler、dpmpp_2m、uni_pc、deis 或 res_multistep。")
         title = f"{entry.name}: {len(reused_steps)}/{len(decided)} steps reused"
     settings_en, settings_zh = _settings(engine)
     en.append(settings_en + ".")

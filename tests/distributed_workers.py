@@ -196,6 +196,37 @@ def cfg_parallel(rank: int, world: int, steps: int = 14) -> Dict[str, Any]:
     return {"cached": list(s.cached_steps)}
 
 
+def noisy_sampler(rank: int, world: int, steps: int = 14) -> Dict[str, Any]:
+    """The default (error feedback), each rank its own digits; the sampler adds fresh noise after
+    every step on both ranks ("both") or on rank 1 only ("rank 1"). The input-path cosines are the
+    world's: every rank stops reusing at the same step, or none does."""
+    D, model = _bundled()
+    import cachedit
+    from cachedit.bundled import archs as A
+
+    transformer = model.transformer
+    out: Dict[str, Any] = {}
+    for case in ("both", "rank 1"):
+        cachedit.enable_cache(transformer)
+        x = A.initial_latents("flux", 3, seed=rank)
+        g = torch.Generator().manual_seed(100 + rank)
+        sigmas = D.sigmas_schedule(steps)
+        with torch.no_grad():
+            cond = model.condition(torch.tensor([rank, rank + 2, rank + 4]))
+            for i in range(steps):
+                s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+                v = transformer(**A.transformer_kwargs("flux", x, s, cond))[0]
+                x = x + (s_next - s) * v
+                if s_next > 0 and (case == "both" or rank == 1):
+                    x = x + 0.5 * s_next * torch.randn(x.shape, generator=g)
+        engine = cachedit.get_manager().entry(transformer).engine
+        engine.finish_run()
+        s = cachedit.summary(transformer, logging=False)[0]
+        out[case] = {"cached": list(s.cached_steps), "noisy_from": s.sampler_noise_step}
+        cachedit.disable_cache(transformer)
+    return out
+
+
 def failing_rank(rank: int, world: int, init_file: str, steps: int = 12) -> Dict[str, Any]:
     """Rank 1 raises inside a block at step 4; rank 0 then fails in the next decision's reduction
     (its peer left the group). Both runs end as failed, so nothing half-written is kept; after a new
@@ -316,6 +347,7 @@ def everything(rank: int, world: int, init_file: str) -> Dict[str, Any]:
         out[order] = context_parallel(rank, world, order, thresholds)
     out["different_inputs"] = different_inputs(rank, world)
     out["cfg_parallel"] = cfg_parallel(rank, world)
+    out["noisy_sampler"] = noisy_sampler(rank, world)
     out["parallelism_config"] = parallelism_config(rank, world)
     out["failing_rank"] = failing_rank(rank, world, init_file)
     return out
@@ -327,6 +359,7 @@ SCENARIOS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "local_probe_diffs": local_probe_diffs,
     "different_inputs": different_inputs,
     "cfg_parallel": cfg_parallel,
+    "noisy_sampler": noisy_sampler,
     "failing_rank": failing_rank,
     "parallelism_config": parallelism_config,
     "comfyui_different_inputs": comfyui_different_inputs,

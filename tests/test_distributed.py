@@ -53,6 +53,14 @@ def test_cfg_parallel_branches_take_one_decision(ranks):
     assert ranks[0]["cfg_parallel"]["cached"]
 
 
+def test_ranks_agree_on_a_sampler_that_adds_noise(ranks):
+    """Noise on both ranks: both compute every step from step 2. Noise on one rank only: the world's
+    mean cosine decides, the same on both ranks (same steps reused, same step the reuse stops)."""
+    a, b = (r["noisy_sampler"] for r in ranks)
+    assert a["both"] == b["both"] == {"cached": [], "noisy_from": 2}
+    assert a["rank 1"] == b["rank 1"]
+
+
 def test_a_failing_rank_leaves_no_stale_state(ranks):
     a, b = (r["failing_rank"] for r in ranks)
     assert b["error"] == "RuntimeError" and a["error"]  # rank 0 learns it from the reduction

@@ -106,6 +106,8 @@ class LogSubscriber:
         speedup = round(report.estimated_speedup(reused, total, p.get("middle_share", 1.0)), 2) if total else None
         preset = {k: p[k] for k in ("family", "setting", "guidance") if p.get(k) is not None}  # presets.py; a CFG
         # scale that lowered the budget (feedback.py)
+        if getattr(record, "noisy_from", None) is not None:  # sampler_noise.py
+            preset["sampler_noise"] = f"every step computed from step {record.noisy_from}"
         log.info("cachedit.run", model=p.get("name"), run=p.get("run"), **preset,
                  reused=f"{len(reused_steps)}/{len(decided_steps)} steps", decisions=f"{reused}/{total}",
                  est_speedup=speedup, strategy=getattr(options, "strategy", None), **report.diff_percentiles(diffs),

@@ -74,3 +74,16 @@ def warn_warmup_covers_run(engine: Any, steps: int, reused: int = 0) -> bool:
                    "nothing could be reused. Lower warmup_steps (max_warmup_steps), e.g. to 1 for a 4-8 step "
                    "distilled model.", engine.name, warmup, steps)
     return True
+
+
+def warn_sampler_noise(engine: Any, record: Any) -> bool:
+    """Say once per model when a run's sampler added fresh noise at every step (ancestral / SDE
+    samplers), so that run computed every step from `record.noisy_from` on. Returns whether it warned."""
+    step = getattr(record, "noisy_from", None)
+    if step is None:
+        return False
+    logger.warning("cachedit: %s: the sampler adds new noise at every step (an ancestral or SDE sampler), so reusing "
+                   "a step would change the image; this run computed every step from step %d. For speed pick a "
+                   "deterministic sampler (euler, dpmpp_2m, uni_pc, deis, res_multistep).", engine.name, step)
+    return True
+

@@ -52,6 +52,9 @@ class CacheStats:
     thresholds: Dict[str, float] = dataclasses.field(default_factory=dict)
     cfg_reuse_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
     error_budget: Optional[float] = None
+    # the last run's sampler added fresh noise at every step (ancestral / SDE): from this step on it
+    # computed every step, as a reuse would have changed the image (manager/sampler_noise.py)
+    sampler_noise_step: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -228,6 +231,7 @@ class StatsAggregator:
                 cfg_reuse_errors={k: v for b, d in c.last_errors.items() if b != main_branch for k, v in d.items()},
                 **_prune_fields(c, main_branch),
                 error_budget=c.error_budget,
+                sampler_noise_step=getattr(c.last_record, "noisy_from", None),
             )
 
     def last_record(self, key: int) -> Any:

@@ -73,6 +73,8 @@ class CallRequest:
     # reused output moves the image by; ComfyUI: 1 - sigma / sigma_max on flow models). None: the
     # caller's `progress` when it gave one, else RunState.noise_progress.
     noise_progress: Optional[float] = None
+    # The model's main input (the latent the sampler hands it): sampler_noise.py follows its path.
+    model_input: Optional[torch.Tensor] = None
 
 
 class CallState:
@@ -80,7 +82,7 @@ class CallState:
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
                  "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
-                 "final", "pruned", "noise_progress")
+                 "final", "pruned", "noise_progress", "model_input")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -101,6 +103,7 @@ class CallState:
         self.timestep: Optional[float] = None
         self.final = False  # the run's last step (known or foreseen)
         self.pruned = 0  # DBPrune: blocks pruned in this call
+        self.model_input: Optional[torch.Tensor] = request.model_input
 
 
 class ThreadCalls(threading.local):

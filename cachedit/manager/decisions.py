@@ -18,6 +18,7 @@ import torch
 from ..events import bus
 from .buffers import sub_into
 from .calls import CallState
+from . import sampler_noise
 from .distributed import DecisionGroup, rank_vector
 from .feedback import ErrorFeedback
 from .state import BranchState, StepRecord
@@ -77,6 +78,9 @@ class Decider:
         # quality preset: 39.3 -> 44.7 dB on Qwen, 42.7 -> 44.6 on FLUX). cache-dit decides each
         # branch on its own; explicit cache-dit configs keep that.
         self.follow_lead = feedback is not None
+        # With error feedback, a run whose sampler adds noise at every step computes every step
+        # (sampler_noise.py); explicit cache-dit configs keep cache-dit's behaviour.
+        self.check_noise = feedback is not None
 
     @property
     def threshold(self) -> Optional[float]:
@@ -98,20 +102,31 @@ class Decider:
             return self._measure_local(branch, sums, can_reuse, extra)
         return self._measure_world(branch, sums, can_reuse, extra, group, _batch(branch))
 
+    def _noise_parts(self, branch: BranchState, device: torch.device, fixed: bool = False) -> List[torch.Tensor]:
+        """sampler_noise's [seen, cosine] for the decision's host copy ([] when not checked)."""
+        return sampler_noise.parts(branch, device, fixed) if self.check_noise else []
+
     def _measure_local(self, branch: BranchState, sums: Optional[tuple], can_reuse: bool,
                        extra: Sequence[torch.Tensor]) -> Measured:
+        noise = self._noise_parts(branch, next((t.device for t in [*(sums or ()), *extra]), torch.device("cpu")))
         if sums is None:  # nothing to compare yet; `extra` is still read (its reader expects it)
-            values = torch.cat([p.reshape(-1).to(torch.float64) for p in extra]).tolist() if extra else []
-            return Measured(None, can_reuse, values)
-        parts = list(sums) + list(extra)
+            parts = list(extra) + noise
+            values = torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).tolist() if parts else []
+            if noise:
+                sampler_noise.read(branch, *values[len(extra):])
+            return Measured(None, can_reuse, values[:len(extra)])
+        parts = list(sums) + list(extra) + noise
         errors = branch.error_sums
         if errors is not None:
             parts += list(errors)
         values = torch.cat([p.reshape(-1).to(torch.float64) for p in parts]).tolist()  # the decision's one sync
         k = 2 + len(extra)
+        if noise:
+            sampler_noise.read(branch, *values[k:k + 2])  # before the error: a noisy run's error calibrates nothing
+        k_errors = k + len(noise)
         if errors is not None:
             n = errors[0].numel()
-            self._observe(branch, _worst(values[k:k + n], values[k + n:]))
+            self._observe(branch, _worst(values[k_errors:k_errors + n], values[k_errors + n:]))
         return Measured(ratio(values[0], values[1]), can_reuse, values[2:k])
 
     def _measure_world(self, branch: BranchState, sums: Optional[tuple], can_reuse: bool,
@@ -122,16 +137,21 @@ class Decider:
         device = next((t.device for t in (list(sums or ()) + list(extra) + list(errors or ()))), torch.device("cpu"))
         zero, one = torch.zeros(1, device=device), torch.ones(1, device=device)
         nothing = torch.zeros(batch, device=device)
+        noise = self._noise_parts(branch, device, fixed=True)
         parts = [*(sums or (zero, zero)), one if sums is not None else zero, one if can_reuse else zero,
-                 one if errors is not None else zero, *(errors or (nothing, nothing)), *extra]
+                 one if errors is not None else zero, *(errors or (nothing, nothing)), *noise, *extra]
         values = self.group.reduce(rank_vector(parts, device), group).tolist()  # the decision's one sync
         world = group.size()
         valid, everyone_can, all_errors = (round(v) == world for v in values[2:5])
+        k = 5 + 2 * batch
+        if noise:
+            sampler_noise.read(branch, *values[k:k + 2])  # the ranks' mean cosine
+            k += 2
         if all_errors:
             self._observe(branch, _worst(values[5:5 + batch], values[5 + batch:5 + 2 * batch]))
         else:
             branch.error_sums = None
-        return Measured(ratio(values[0], values[1]) if valid else None, everyone_can, values[5 + 2 * batch:])
+        return Measured(ratio(values[0], values[1]) if valid else None, everyone_can, values[k:])
 
     # -- error feedback ---------------------------------------------------------------------------
     def flush(self, branch: BranchState) -> None:
@@ -151,6 +171,8 @@ class Decider:
         if record is None or self.feedback is None:
             return
         record.error = error
+        if branch.noisy:
+            return  # the sampler adds noise: this error says nothing about the model's other runs
         self.feedback.observe(branch.computed_gap, branch.computed_progress, error, record.diff,
                               provisional=branch.error_provisional)
         if bus.error_measured.receivers:
@@ -176,6 +198,8 @@ class Decider:
             outcome["can_reuse"] = result.can_reuse
             return result.diff
 
+        if self.check_noise:
+            sampler_noise.track(branch, step, call.model_input)
         decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final,
                                         noise_progress=call.noise_progress)
         self.flush(branch)  # an error the strategy's measurement did not read yet
@@ -186,6 +210,11 @@ class Decider:
         if self.follow_lead:
             lead = call.run.lead_reuse.setdefault(step, reuse)  # the first branch to decide at this step leads
             reuse = lead and outcome["can_reuse"]
+        run_record = call.run.record
+        if branch.noisy and run_record.noisy_from is None:
+            run_record.noisy_from = step
+        if run_record.noisy_from is not None or branch.noise_doubt:
+            reuse = False  # the sampler adds noise each step: a reuse would change the image (sampler_noise.py)
         call.decided = True
         call.reuse = reuse
         recorded = branch.residual_diffs.get(str(step), decision.diff)

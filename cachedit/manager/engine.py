@@ -54,6 +54,7 @@ class CacheEngine:
         self.lock = threading.RLock()
         self.enabled = True
         self._warned_warmup = False  # the one-time "warmup covers the whole run" warning was given
+        self._warned_noise = False  # the one-time "the sampler adds noise at every step" warning was given
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
         self.placer.on_run_started = self._run_started
         self.family = "dit"  # config/presets.py: set by whoever enables the cache (from the model's class)
@@ -92,6 +93,8 @@ class CacheEngine:
         cfg_compat.notice_run(self.options, len(run.branches))
         if run.executed_calls and not self._warned_warmup:
             self._warned_warmup = report.warn_warmup_covers_run(self, run.step + 1, run.record.reused)
+        if not self._warned_noise:
+            self._warned_noise = report.warn_sampler_noise(self, run.record)
         setting = self.run_settings.label() if self.run_settings is not None else None
         fb = self.feedback
         return {"options": self.options, "middle_share": self.layout.middle_share, "family": self.family,
@@ -202,14 +205,17 @@ class CacheEngine:
     @eager
     def begin_call(self, timestep: Timestep, branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None,
-                   progress: Optional[float] = None, noise_progress: Optional[float] = None) -> Optional[CallState]:
+                   progress: Optional[float] = None, noise_progress: Optional[float] = None,
+                   model_input: Optional[torch.Tensor] = None) -> Optional[CallState]:
         """Open a call; None when the engine is disabled. A float/None timestep places the call in
         its run/step/branch now; a DeferredScalar one when the decision needs it (`place`).
         `progress`: the caller's own sampling progress (see CallRequest), else counted in steps;
-        `noise_progress`: how far the noise level has come (error feedback's spans, CallRequest)."""
+        `noise_progress`: how far the noise level has come (error feedback's spans, CallRequest);
+        `model_input`: the latent the sampler gave the model (sampler_noise.py)."""
         if not self.enabled:
             return None
-        call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress, noise_progress))
+        call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress, noise_progress,
+                                     model_input))
         self.current = call
         if not isinstance(timestep, DeferredScalar) or self.layout.fn == 0 or self.layout.step_level:
             self.placer.place(call)

@@ -36,6 +36,7 @@ class RunRecord:
     run: int
     steps: List[StepRecord] = dataclasses.field(default_factory=list)
     total_steps: Optional[int] = None
+    noisy_from: Optional[int] = None  # the step where the sampler was seen adding noise (sampler_noise.py)
 
     @property
     def reused(self) -> int:
@@ -71,6 +72,14 @@ class BranchState:
     output_rate: Optional[float] = None  # |d out| / |d in| measured between the last two computes
     rate_sums: Optional[List[torch.Tensor]] = None  # the sums behind the next output_rate, read at the next decision
     accumulated_change: float = 0.0
+    # sampler noise (sampler_noise.py): the model input's path, on device
+    noise_step: int = -1  # the step whose input was taken last
+    noise_input: Optional[torch.Tensor] = None  # that input, [batch, -1] float32
+    noise_change: Optional[torch.Tensor] = None  # its change from the step before
+    noise_pending: Optional[torch.Tensor] = None  # the cosine of the last two changes, not read yet
+    noise_evidence: float = 0.0  # summed shortfalls of the cosines read (sampler_noise.NOISE_EVIDENCE)
+    noise_doubt: bool = False  # the last cosine read was low: compute until the next one is read
+    noisy: bool = False  # enough evidence: the sampler adds fresh noise each step
     # cache placement (placement.py): while a call uses them on the model's device, the host tensors they came from
     staged: Optional[List[Any]] = None
 

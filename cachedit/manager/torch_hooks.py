@@ -152,8 +152,8 @@ class TorchHooks:
             timestep = _scalar(self._arg(self._timestep_arg, args, kwargs))
             signature = (tuple(x.shape), x.dtype, x.device)
             if len(engines) > 1:
-                return _run_calls(engines, timestep, signature, lambda: original(*args, **kwargs))
-            call = engine.begin_call(timestep, None, signature)
+                return _run_calls(engines, timestep, signature, x, lambda: original(*args, **kwargs))
+            call = engine.begin_call(timestep, None, signature, model_input=x)
             if call is None:
                 return original(*args, **kwargs)
             if engine.step_level:
@@ -176,9 +176,10 @@ class TorchHooks:
         return _rebuild_output(self._output_template, tensor)
 
 
-def _run_calls(engines: List[CacheEngine], timestep: Any, signature: tuple, run: Callable[[], Any]) -> Any:
+def _run_calls(engines: List[CacheEngine], timestep: Any, signature: tuple, x: torch.Tensor,
+               run: Callable[[], Any]) -> Any:
     """Open one call per engine (each block list is its own cache context), run, close them all."""
-    calls = [(e, e.begin_call(timestep, None, signature)) for e in engines]
+    calls = [(e, e.begin_call(timestep, None, signature, model_input=x)) for e in engines]
     for engine, call in reversed(calls):
         if call is not None:
             run = functools.partial(engine.run_call, call, run)

@@ -283,6 +283,22 @@ def test_stats_say_why_steps_were_reused(pack, comfy_harness):
     assert chart.shape == (1, 360, 640, 3)
 
 
+def test_stats_say_when_the_sampler_adds_noise(pack, comfy_harness):
+    """An ancestral sampler re-noises every step: the run computes every step, and the stats node
+    says why and which samplers accelerate, in both languages."""
+    h = comfy_harness
+    nodes_ = pack.NODE_CLASS_MAPPINGS
+    accelerated = _run(nodes_["CacheDitAccelerate"], model=h.build_model("flux"))[0]
+    pos, neg = h.make_conditioning("flux")
+    samples = h.sample(accelerated, steps=12, cfg=2.0, sampler_name="euler_ancestral", scheduler="simple", seed=0,
+                       latent=h.empty_latent("flux"), positive=pos, negative=neg)
+    stats = _run(nodes_["CacheDitDetailedStats"], model=accelerated, latent={"samples": samples})
+    summary = stats.args[2]
+    assert "Last run: 0 of 12 steps reused." in summary, summary
+    assert "The sampler adds new noise at every step" in summary and "use euler, dpmpp_2m" in summary, summary
+    assert "每一步都加入新噪声" in stats.ui["text_zh"][0]
+
+
 def test_stats_before_any_run(pack, comfy_harness):
     accelerated = _run(pack.NODE_CLASS_MAPPINGS["CacheDitAccelerate"], model=comfy_harness.build_model("sdxl"))[0]
     text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=accelerated).args[2]

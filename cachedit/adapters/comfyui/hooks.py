@@ -178,7 +178,7 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         progress = handle.progress(sampling, sigma)
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
                                  total_steps=total, step_index=step, progress=progress,
-                                 noise_progress=handle.progress.noise_progress(sampling, sigma))
+                                 noise_progress=handle.progress.noise_progress(sampling, sigma), model_input=x)
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):
