@@ -132,13 +132,17 @@ def test_presets_compute_every_step_of_a_noisy_run(cfg, caplog):
     cachedit.disable_cache(model)
 
 
-def test_summary_after_a_noisy_run():
+def test_summary_after_a_noisy_run(caplog):
     model = make_tiny_flux()
     cachedit.enable_cache(model)
     noisy_sample(model)
     noisy_sample(model)  # ends the first run
     s = cachedit.summary(model, logging=False)[0]
     assert s.sampler_noise_step == 2 and s.cached_steps == []
+    with caplog.at_level(logging.INFO, logger="cachedit"):
+        cachedit.summary(model)
+    assert any("added new noise at every step" in r.getMessage() and "from step 2 on" in r.getMessage()
+               for r in caplog.records)
     cachedit.disable_cache(model)
 
 

@@ -72,6 +72,9 @@ def log_summary(s: CacheStats, details: bool = False) -> None:
             logger.info("CacheDit error feedback: %s budget=%g measured reuse error (last run) median=%.4g max=%.4g, "
                         "%d of %d computed steps over budget", name, s.error_budget, errors["error_p50"],
                         errors["error_max"], errors["errors_over_budget"], errors["errors_measured"])
+    if s.sampler_noise_step is not None:
+        logger.info("CacheDit: %s the last run's sampler added new noise at every step (ancestral / SDE): every step "
+                    "from step %d on was computed", name, s.sampler_noise_step)
 
 
 __all__ = ["linear_percentile", "log_summary", "table_lines"]
