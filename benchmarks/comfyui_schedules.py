@@ -1,11 +1,15 @@
-"""CacheDit Accelerate's default in real ComfyUI across schedulers: PSNR and computed steps.
+"""CacheDit Accelerate's default in real ComfyUI across schedulers and samplers: PSNR and computed steps.
 
     COMFYUI_PATH=/path/to/ComfyUI .venv/bin/python -m benchmarks.comfyui_schedules [--arch flux,wan,qwen]
+    COMFYUI_PATH=... .venv/bin/python -m benchmarks.comfyui_schedules --schedules linear \
+        --samplers euler,dpmpp_2m,uni_pc,euler_ancestral,dpmpp_2m_sde --out benchmarks/results/comfyui_samplers.md
 
 Each bundled model is converted into ComfyUI's own class (`cachedit.bundled.comfyui`) and sampled
 with ComfyUI's sampler (28 Euler steps, CFG 3, cond and uncond batched) on the bundled linear
 schedule and on ComfyUI's simple, beta and karras schedules of the model's own model_sampling,
-uncached and with `cachedit.enable_cache(patcher)` (what the Accelerate node does). Seeds 0..n-1,
+uncached and with `cachedit.enable_cache(patcher)` (what the Accelerate node does); `--samplers`
+runs other ComfyUI samplers than euler (ancestral / SDE ones compute every step: sampler_noise.py).
+Seeds 0..n-1,
 batch 8, seed k drawing digits 8k..8k+7. Quality only (no timing): PSNR pooled over every image
 (mean MSE), the worst seed's, and the steps each generation computed (calibration carries over
 from one generation to the next, as for a user). Prints a markdown table and writes it to
@@ -26,8 +30,8 @@ ROOT = os.path.dirname(HERE)
 SCHEDULES = ("linear", "simple", "beta", "karras")
 
 
-def run(arch: str, schedules, seeds: int, steps: int = 28):
-    """Rows (arch, schedule, pooled PSNR, worst seed PSNR, computed steps per seed)."""
+def run(arch: str, schedules, seeds: int, steps: int = 28, samplers=("euler",)):
+    """Rows (arch, schedule, sampler, pooled PSNR, worst seed PSNR, computed steps per seed)."""
     import comfy.samplers
 
     import cachedit
@@ -37,29 +41,38 @@ def run(arch: str, schedules, seeds: int, steps: int = 28):
     sampling = patcher.get_model_object("model_sampling")
     rows = []
     for schedule in schedules:
-        sigmas = None if schedule == "linear" else comfy.samplers.calculate_sigmas(sampling, schedule, steps).float()
-        labels = [torch.tensor([(8 * k + i) % 10 for i in range(8)]) for k in range(seeds)]
-        refs = [bundled_comfy.generate(patcher, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas)
-                for k in range(seeds)]
-        accelerated = cachedit.enable_cache(patcher)
-        mses, computed = [], []
-        for k in range(seeds):
-            cachedit.reset_cache_stats(accelerated)
-            image = bundled_comfy.generate(accelerated, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas)
-            mses.append(float(((image - refs[k]) ** 2).mean()))
-            computed.append(steps - len(cachedit.summary(accelerated, logging=False)[0].cached_steps))
-        cachedit.disable_cache(accelerated)
-        pooled = 10 * math.log10(1 / (sum(mses) / len(mses)))
-        worst = min(10 * math.log10(1 / m) for m in mses)
-        rows.append((arch, schedule, pooled, worst, computed))
-        print(f"{arch} {schedule}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}", file=sys.stderr, flush=True)
+        for sampler in samplers:
+            sigmas = None if schedule == "linear" else comfy.samplers.calculate_sigmas(sampling, schedule, steps).float()
+            labels = [torch.tensor([(8 * k + i) % 10 for i in range(8)]) for k in range(seeds)]
+            refs = [bundled_comfy.generate(patcher, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
+                                           sampler=sampler) for k in range(seeds)]
+            accelerated = cachedit.enable_cache(patcher)
+            mses, computed = [], []
+            for k in range(seeds):
+                cachedit.reset_cache_stats(accelerated)
+                image = bundled_comfy.generate(accelerated, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
+                                               sampler=sampler)
+                mses.append(float(((image - refs[k]) ** 2).mean()))
+                computed.append(steps - len(cachedit.summary(accelerated, logging=False)[0].cached_steps))
+            cachedit.disable_cache(accelerated)
+            pooled = _psnr(sum(mses) / len(mses))
+            worst = min(_psnr(m) for m in mses)
+            rows.append((arch, schedule, sampler, pooled, worst, computed))
+            print(f"{arch} {schedule} {sampler}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}",
+                  file=sys.stderr, flush=True)
     return rows
+
+
+def _psnr(mse: float) -> float:
+    """PSNR of images in [0, 1]; identical images (every step computed) give inf."""
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="flux,wan,qwen")
     parser.add_argument("--schedules", default=",".join(SCHEDULES))
+    parser.add_argument("--samplers", default="euler", help="ComfyUI sampler names, comma separated")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_schedules.md"))
@@ -70,14 +83,19 @@ def main(argv=None) -> None:
     harness.ensure_comfy()
     torch.set_num_threads(args.threads)
     rows = []
+    samplers = args.samplers.split(",")
     for arch in args.arch.split(","):
-        rows += run(arch, args.schedules.split(","), args.seeds)
+        rows += run(arch, args.schedules.split(","), args.seeds, samplers=samplers)
+    by_sampler = samplers != ["euler"]
     lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH), bundled models in ComfyUI's own "
-             f"classes, 28 Euler steps, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; quality only (`!`: below 40 dB)",
-             "", "| model | schedule | PSNR dB pooled | worst seed | steps computed per seed (of 28) |", "|---|---|---|---|---|"]
-    for arch, schedule, pooled, worst, computed in rows:
+             f"classes, 28 {'steps' if by_sampler else 'Euler steps'}, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; "
+             f"quality only (`!`: below 40 dB; inf: every step computed, the uncached images)", "",
+             f"| model | schedule |{' sampler |' if by_sampler else ''} PSNR dB pooled | worst seed | "
+             f"steps computed per seed (of 28) |", "|---|---|---|---|---|" + ("---|" if by_sampler else "")]
+    for arch, schedule, sampler, pooled, worst, computed in rows:
         flag = " !" if pooled < 40.0 else ""
-        lines.append(f"| {arch} | {schedule} | {pooled:.2f}{flag} | {worst:.2f} | {', '.join(map(str, computed))} |")
+        lines.append(f"| {arch} | {schedule} |{f' {sampler} |' if by_sampler else ''} {pooled:.2f}{flag} | {worst:.2f} | "
+                     f"{', '.join(map(str, computed))} |")
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
