@@ -168,11 +168,15 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     assert plan_run("quality", "qwen-image", RunInfo(10, 0.5, 1.0), default_taylorseer=True).rule == "long run"  # 20 in all
     assert plan_run("balanced", "wan", RunInfo(25, 0.0, 0.5), default_taylorseer=True).rule == "high-noise expert"
     assert {p: plan_run(p, "dit", RunInfo(50), default_taylorseer=True).budget for p in QUALITY_PRESETS} == LONG_RUN_BUDGETS
-    # from LONGER_RUN_STEPS on (the whole denoising's), up to LONGER_RUN_MAX_IN_A_ROW reused steps in a row
+    # from LONGER_RUN_STEPS of its own steps on, up to LONGER_RUN_MAX_IN_A_ROW reused steps in a row
     longer = plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS), default_taylorseer=True)
     assert longer.label() == "balanced, long run: budget 0.2, warmup 2, max in a row 5, TaylorSeer 2"
-    assert plan_run("fast", "dit", RunInfo(25, 0.5, 1.0), default_taylorseer=True).config[
-        "max_continuous_cached_steps"] == LONGER_RUN_MAX_IN_A_ROW  # the second half of a 50-step run
+    # its own steps count: 25 steps over the second half of the denoising (img2img at denoise 0.5)
+    # stand for 50 but keep the default's 4 in a row
+    assert "max_continuous_cached_steps" not in plan_run("fast", "dit", RunInfo(25, 0.5, 1.0),
+                                                         default_taylorseer=True).config
+    assert plan_run("fast", "dit", RunInfo(50, 0.5, 1.0), default_taylorseer=True).config[
+        "max_continuous_cached_steps"] == LONGER_RUN_MAX_IN_A_ROW
     assert "max_continuous_cached_steps" not in plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS - 1),
                                                          default_taylorseer=True).config
     capped = apply_settings(_opts(), longer)

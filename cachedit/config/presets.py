@@ -29,7 +29,7 @@ fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs k
 takes 0.22, not 0.25: at 0.25 Qwen-layout runs with a shifted schedule, batch 1 separate CFG or
 Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB
 (runs/2026-12-01_fast_long_run_0.22.md). The rule changes only the default's own TaylorSeer (not
-an order the user chose). Runs of LONGER_RUN_STEPS (50) or more may also reuse 5 steps in a row
+an order the user chose). Runs of LONGER_RUN_STEPS (50) or more of their own steps may also reuse 5 steps in a row
 instead of 4. 6 kept the three bundled models' 50-step cells >= 40.2 dB (balanced >= 41.5) at 19-22%
 of the block compute instead of 24-26%, but the held-out SD3-layout model, trained afterwards to check
 the defaults on a model they were not tuned on, fell to 39.9 dB at 50 steps, batch 1 (two of six seeds
@@ -61,6 +61,8 @@ WAN_LOW_NOISE = {"max_warmup_steps": 2}
 # Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
 LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.22}
 # A long run of this many steps or more may reuse this many steps in a row (the default's 4 below).
+# Its own steps count, not the whole denoising's it stands for: a 28-step img2img run at denoise 0.5
+# stands for 56 steps, and 5 in a row there cost the bundled FLUX layout 3 dB (40.0 -> 43.4 with 4).
 LONGER_RUN_STEPS = 50
 LONGER_RUN_MAX_IN_A_ROW = 5
 UNET_WINDOW = (0.15, 0.95)  # ComfyUI's EasyCache defaults (start_percent, end_percent)
@@ -166,7 +168,7 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
         return RunSettings(preset, family, "step level", budget, {}, UNET_WINDOW)
     config = {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]}
     if default_taylorseer and whole is not None and whole >= LONG_RUN_STEPS - 0.5:
-        if whole >= LONGER_RUN_STEPS - 0.5:
+        if steps >= LONGER_RUN_STEPS:  # its own steps: see LONGER_RUN_STEPS
             config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
         return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
                            taylorseer_order=LONG_RUN_TAYLORSEER_ORDER)

@@ -124,3 +124,50 @@ def test_error_feedback_spans_are_sigma_spans_on_flow_models(comfy_harness):
     for step, span in low_spans:  # the expert's own step `step` is the run's step 10 + step
         i = 10 + step
         assert span == pytest.approx(schedule[i - 1] - schedule[i], rel=1e-3)
+
+
+def test_img2img_spans_are_fractions_of_the_runs_own_noise_range(comfy_harness):
+    """A FLUX run that starts below sigma_max (KSampler's denoise < 1: img2img, a hires-fix pass)
+    measures error feedback's spans in its own noise range, as the diffusers path does: the span of
+    step i is (sigma[i-1] - sigma[i]) / sigma[0]. Measured from sigma_max its steps looked short and
+    each reuse got up to 2x the budget (bundled FLUX layout at denoise 0.5-0.6: 40.0-40.3 dB)."""
+    import nodes
+    import torch
+
+    import cachedit
+    from cachedit.adapters import comfyui as adapter
+    from cachedit.events import bus
+
+    h = comfy_harness
+    model = cachedit.enable_cache(h.build_model("flux"))
+    engine = adapter.engine_of(model)
+    spans, sigmas = [], []
+
+    def on_decision(sender, **kw):
+        if sender == engine.key:
+            spans.append((kw["step"], engine.feedback.span))
+
+    original = engine.begin_call
+
+    def recording(timestep, *args, **kwargs):
+        sigmas.append(float(timestep))
+        return original(timestep, *args, **kwargs)
+
+    engine.begin_call = recording
+    bus.step_computed.connect(on_decision, weak=False)
+    bus.cache_hit.connect(on_decision, weak=False)
+    positive, negative = h.make_conditioning("flux")
+    try:
+        with torch.inference_mode():
+            nodes.KSampler().sample(model, 0, 12, 2.0, "euler", "simple", positive, negative, h.empty_latent("flux"),
+                                    denoise=0.5)
+    finally:
+        bus.step_computed.disconnect(on_decision)
+        bus.cache_hit.disconnect(on_decision)
+        del engine.begin_call
+    first = sigmas[0]
+    assert first < 0.9  # the run starts part way down
+    known = [(step, span) for step, span in spans if span is not None]
+    assert len(known) >= 8
+    for step, span in known:
+        assert span == pytest.approx((sigmas[step - 1] - sigmas[step]) / first, rel=1e-3)

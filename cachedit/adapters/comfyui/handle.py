@@ -52,6 +52,10 @@ class _Handle:
         self._neg = [-v for v in values]
         self._last = 0
 
+    def first_sigma(self) -> Optional[float]:
+        """The run's first sigma (None: no schedule known)."""
+        return self.schedule[0] if self.schedule else None
+
     def clear_schedule(self) -> None:
         """Forget the run's schedule (end of sampling)."""
         self.from_outer_sample = False

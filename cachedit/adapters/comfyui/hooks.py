@@ -148,6 +148,13 @@ def _run_info(handle: _Handle, guider: Any) -> RunInfo:
     return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end, guidance)
 
 
+def _span_start(handle: _Handle) -> Optional[float]:
+    """The sigma error feedback's spans are measured from (progress.py): the run's first, except for
+    Wan, whose run that starts late is Wan 2.2's low-noise expert, one part of a whole denoising
+    (its spans stay fractions of sigma_max, as its presets were set)."""
+    return None if handle.engine.family == "wan" else handle.first_sigma()
+
+
 def _branch_key(transformer_options: dict) -> Optional[tuple]:
     uuids = transformer_options.get("uuids")
     if uuids:
@@ -178,7 +185,8 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         progress = handle.progress(sampling, sigma)
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
                                  total_steps=total, step_index=step, progress=progress,
-                                 noise_progress=handle.progress.noise_progress(sampling, sigma), model_input=x)
+                                 noise_progress=handle.progress.noise_progress(sampling, sigma, _span_start(handle)),
+                                 model_input=x)
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):
