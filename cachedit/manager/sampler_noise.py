@@ -22,10 +22,9 @@ on and says so (the run's record, its log line, the stats node): a clearly negat
 ancestral / SDE samplers at step 2, before the first reuse) decides at once, a single dip of a
 solver with inner stages does not (dpm_fast: one cosine of 0.12 in a run). After a cosine below
 NOISE_COSINE the next step computes, so the next cosine can be read (er_sde: 0.2 at step 2, below
-zero at step 3; a reuse in between would have hidden it). The cosine is computed on
-the device at each step's first call and read with the decision's one host copy (decisions.py).
-Only with error feedback (the presets): an explicit cache-dit configuration keeps cache-dit's
-behaviour.
+zero at step 3; a reuse in between would have hidden it). The cosine is computed on the device
+at each step's first call and read with the decision's one host copy (decisions.py). Only with
+error feedback (the presets): an explicit cache-dit configuration keeps cache-dit's behaviour.
 """
 
 from __future__ import annotations
