@@ -19,11 +19,12 @@ benchmarks/results/comfyui_schedules.md (`--out`).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 import torch
+
+from .common import seeds_quality, write_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,25 +48,17 @@ def run(arch: str, schedules, seeds: int, steps: int = 28, samplers=("euler",)):
             refs = [bundled_comfy.generate(patcher, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
                                            sampler=sampler) for k in range(seeds)]
             accelerated = cachedit.enable_cache(patcher)
-            mses, computed = [], []
-            for k in range(seeds):
-                cachedit.reset_cache_stats(accelerated)
-                image = bundled_comfy.generate(accelerated, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
-                                               sampler=sampler)
-                mses.append(float(((image - refs[k]) ** 2).mean()))
-                computed.append(steps - len(cachedit.summary(accelerated, logging=False)[0].cached_steps))
+
+            def images(k):
+                return bundled_comfy.generate(accelerated, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
+                                              sampler=sampler), refs[k]
+
+            pooled, worst, computed = seeds_quality(accelerated, steps, seeds, images)
             cachedit.disable_cache(accelerated)
-            pooled = _psnr(sum(mses) / len(mses))
-            worst = min(_psnr(m) for m in mses)
             rows.append((arch, schedule, sampler, pooled, worst, computed))
             print(f"{arch} {schedule} {sampler}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}",
                   file=sys.stderr, flush=True)
     return rows
-
-
-def _psnr(mse: float) -> float:
-    """PSNR of images in [0, 1]; identical images (every step computed) give inf."""
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def main(argv=None) -> None:
@@ -96,11 +89,7 @@ def main(argv=None) -> None:
         flag = " !" if pooled < 40.0 else ""
         lines.append(f"| {arch} | {schedule} |{f' {sampler} |' if by_sampler else ''} {pooled:.2f}{flag} | {worst:.2f} | "
                      f"{', '.join(map(str, computed))} |")
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text + "\n")
+    write_markdown("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

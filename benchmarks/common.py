@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import math
 import os
 import platform
 import statistics
@@ -264,3 +265,31 @@ def fmt_bytes(n: Optional[float]) -> str:
     if n < 1024 * 1024:
         return f"{n / 1024:.0f} KiB"
     return f"{n / (1024 * 1024):.2f} MiB"
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR (dB) of images in [0, 1] from their mean squared error; identical images give inf."""
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+
+
+def write_markdown(text: str, path: str) -> None:
+    """Print a results table and write it to `path` (its folder made if needed)."""
+    print(text)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text + "\n")
+
+
+def seeds_quality(accelerated: Any, steps: int, seeds: int,
+                  images: Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]) -> "tuple[float, float, List[int]]":
+    """(PSNR pooled over the seeds, the worst seed's PSNR, steps computed per seed) of an enabled
+    model: `images(k)` makes seed k's (cached, reference) images in [0, 1] after its stats are reset."""
+    import cachedit
+
+    mses, computed = [], []
+    for k in range(seeds):
+        cachedit.reset_cache_stats(accelerated)
+        cached, reference = images(k)
+        mses.append(float(((cached - reference) ** 2).mean()))
+        computed.append(steps - len(cachedit.summary(accelerated, logging=False)[0].cached_steps))
+    return psnr_of_mse(sum(mses) / len(mses)), min(psnr_of_mse(m) for m in mses), computed
