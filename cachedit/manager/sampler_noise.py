@@ -51,9 +51,10 @@ def track(branch: BranchState, step: int, x: Optional[torch.Tensor]) -> None:
     follows = step == branch.noise_step + 1 and branch.last_computed_step == step - 1
     branch.noise_step = step
     flat = x.detach().reshape(x.shape[0] if x.dim() else 1, -1)
-    flat = flat[:, ::max(1, flat.shape[1] // SAMPLED_ELEMENTS)].float()  # a video latent: an even sample of it
+    # a video latent: an even sample of it; one float32 copy, kept (the sampler may reuse x's memory)
+    flat = flat[:, ::max(1, flat.shape[1] // SAMPLED_ELEMENTS)].to(torch.float32, copy=True)
     last, last_change = branch.noise_input, branch.noise_change
-    branch.noise_input = flat.clone()
+    branch.noise_input = flat
     if last is None or last.shape != flat.shape or not follows:
         branch.noise_change = None
         return
