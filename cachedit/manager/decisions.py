@@ -198,7 +198,7 @@ class Decider:
             outcome["can_reuse"] = result.can_reuse
             return result.diff
 
-        if self.check_noise:
+        if self.check_noise and not branch.noisy:  # once noisy, the run computes on: nothing more to read
             sampler_noise.track(branch, step, call.model_input)
         decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final,
                                         noise_progress=call.noise_progress)
