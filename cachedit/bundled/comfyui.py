@@ -105,8 +105,11 @@ def load_patcher(arch: str = "flux") -> Tuple[object, D.DigitsModel]:
 
 
 def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: int = 28, cfg: float = 3.0, seed: int = 0,
-             sampler: str = "euler", size: int = 16, sigmas: Optional[torch.Tensor] = None) -> torch.Tensor:
+             sampler: str = "euler", size: int = 16, sigmas: Optional[torch.Tensor] = None,
+             cond_options: Optional[dict] = None) -> torch.Tensor:
     """Sample like SamplerCustom (ComfyUI's sampler, the bundled schedule); images [B, 1, size, size] in [0, 1].
+    `cond_options` go into both conditionings' options (e.g. {"control": a ControlNet}, as
+    ControlNetApplyAdvanced sets them).
 
     The noise is the same ``randn([B, 1, size, size])`` (seeded CPU generator) as
     :func:`cachedit.bundled.digits.generate` starts from (one frame added for Wan / Qwen-Image).
@@ -119,7 +122,8 @@ def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: in
         uncond = bundled.condition(torch.full_like(labels, D.NULL_LABEL))
 
     def entry(c):
-        return [[c[0], {"pooled_output": c[1]} if c[1] is not None else {}]]
+        options = {"pooled_output": c[1]} if c[1] is not None else {}
+        return [[c[0], {**options, **(cond_options or {})}]]
 
     noise = torch.randn((labels.shape[0], 1, size, size), generator=torch.Generator().manual_seed(seed))
     if bundled.arch != "flux":

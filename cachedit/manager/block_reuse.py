@@ -8,6 +8,13 @@ calibrator is on, with optional noise) without running a block. A block that wri
 own input makes a residual wrong: it is detected through tensor version counters, the residual
 is dropped and inputs are copied from then on.
 
+When the model adds something between the blocks of a segment (a ControlNet's per-block
+residuals, Wan VACE hints: `CallState.injected`), the residual is the sum of the segment's blocks'
+own residuals instead (kept block by block on computed steps), so the additions are not cached
+with it: a reused step gets them fresh between the skipped blocks (protocol.py) and would count
+them twice otherwise. A branch never reuses across a change between injected and plain calls
+(a ControlNet's end percent).
+
 With error feedback on, every computed step also measures, before storing, how far the reused (or
 predicted) hidden residual would have been from the one just computed, relative to the segment's
 output, per batch element: sums kept on the device, read at the next decision.
@@ -43,11 +50,28 @@ class BlockReuse:
         self.copy_inputs = copy_inputs
         self.keep_inputs = bool(layout.segments) and all(layout.roles[s[0]].prune for s in layout.segments)
 
-    def can_reuse(self, branch: BranchState) -> bool:
-        """A reuse needs every segment's residual from a computed step of this branch."""
-        if branch.last_computed_step < 0:
+    def can_reuse(self, branch: BranchState, injected: bool = False) -> bool:
+        """A reuse needs every segment's residual from a computed step of this branch, made with
+        the same between-block additions present or absent as this call's."""
+        if branch.last_computed_step < 0 or branch.residuals_injected != injected:
             return False
         return all(seg in branch.residuals for seg in range(len(self.layout.segments)))
+
+    def block_residual(self, call: CallState, seg: int, hidden_in: Optional[torch.Tensor],
+                       hidden_out: Optional[torch.Tensor]) -> None:
+        """An injected computed call: add one middle block's own residual to its segment's sum
+        (float32: a sum over many blocks). A block without a matching hidden stream spoils the
+        sum (None): the segment's residual is then output minus input, as without additions."""
+        if seg in call.seg_acc and call.seg_acc[seg] is None:
+            return
+        if hidden_in is None or hidden_out is None or hidden_in.shape != hidden_out.shape:
+            call.seg_acc[seg] = None
+            return
+        acc = call.seg_acc.get(seg)
+        if acc is None:
+            call.seg_acc[seg] = hidden_out.to(torch.float32, copy=True).sub_(hidden_in)
+        else:
+            acc.add_(hidden_out).sub_(hidden_in)
 
     def segment_input(self, call: CallState, seg: int, streams: Streams) -> None:
         """At a segment's first block: build the reused streams, or keep the input for the residual."""
@@ -66,6 +90,10 @@ class BlockReuse:
         if inputs is None:
             return
         branch = call.branch
+        acc = call.seg_acc.pop(seg, None)
+        if acc is not None and streams.get("hidden") is not None and inputs.get("hidden") is not None:
+            # the blocks' own residuals: what the segment would output without the additions between them
+            streams = {**streams, "hidden": inputs["hidden"].add(acc).to(streams["hidden"].dtype)}
         if any(tensor_version(inputs[k]) != v for k, v in versions.items()):
             # A block changed its input in place: this residual is wrong. Drop it, and copy inputs from now on.
             self.copy_inputs = True
@@ -91,6 +119,7 @@ class BlockReuse:
         if self.keep_inputs and inputs.get("hidden") is not None:
             residual[PRUNE_INPUT] = inputs["hidden"]  # DBPrune compares the block's next input with it
         branch.residuals[seg] = residual
+        branch.residuals_injected = call.injected
 
     def _measure_error(self, branch: BranchState, seg: int, out: torch.Tensor, base: torch.Tensor,
                        previous: Optional[torch.Tensor], step: int) -> None:

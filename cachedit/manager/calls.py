@@ -75,6 +75,10 @@ class CallRequest:
     noise_progress: Optional[float] = None
     # The model's main input (the latent the sampler hands it): sampler_noise.py follows its path.
     model_input: Optional[torch.Tensor] = None
+    # The model adds something between its blocks in this call (a ControlNet's per-block residuals,
+    # Wan VACE hints, ComfyUI "double_block" patches): segments cache their blocks' own residuals
+    # and a reused step lets those additions through fresh (protocol.py).
+    injected: bool = False
 
 
 class CallState:
@@ -82,7 +86,7 @@ class CallState:
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
                  "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
-                 "final", "pruned", "noise_progress", "model_input")
+                 "final", "pruned", "noise_progress", "model_input", "injected", "seg_acc")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -104,6 +108,8 @@ class CallState:
         self.final = False  # the run's last step (known or foreseen)
         self.pruned = 0  # DBPrune: blocks pruned in this call
         self.model_input: Optional[torch.Tensor] = request.model_input
+        self.injected = request.injected
+        self.seg_acc: Dict[int, torch.Tensor] = {}  # injected computed calls: sum of the segment's block residuals so far
 
 
 class ThreadCalls(threading.local):

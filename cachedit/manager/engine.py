@@ -206,16 +206,17 @@ class CacheEngine:
     def begin_call(self, timestep: Timestep, branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None,
                    progress: Optional[float] = None, noise_progress: Optional[float] = None,
-                   model_input: Optional[torch.Tensor] = None) -> Optional[CallState]:
+                   model_input: Optional[torch.Tensor] = None, injected: bool = False) -> Optional[CallState]:
         """Open a call; None when the engine is disabled. A float/None timestep places the call in
         its run/step/branch now; a DeferredScalar one when the decision needs it (`place`).
         `progress`: the caller's own sampling progress (see CallRequest), else counted in steps;
         `noise_progress`: how far the noise level has come (error feedback's spans, CallRequest);
-        `model_input`: the latent the sampler gave the model (sampler_noise.py)."""
+        `model_input`: the latent the sampler gave the model (sampler_noise.py); `injected`: the
+        model adds something between its blocks in this call (CallRequest.injected)."""
         if not self.enabled:
             return None
         call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress, noise_progress,
-                                     model_input))
+                                     model_input, injected))
         self.current = call
         if not isinstance(timestep, DeferredScalar) or self.layout.fn == 0 or self.layout.step_level:
             self.placer.place(call)
@@ -312,6 +313,12 @@ class CacheEngine:
         self.blocks.segment_input(call, segment, streams)
 
     @eager
+    def block_residual(self, call: CallState, segment: int, hidden_in: Optional[torch.Tensor],
+                       hidden_out: Optional[torch.Tensor]) -> None:
+        """An injected computed call: one middle block's own residual (block_reuse.py)."""
+        self.blocks.block_residual(call, segment, hidden_in, hidden_out)
+
+    @eager
     def segment_output(self, call: CallState, segment: int, streams: Streams) -> None:
         """A segment's last block's output on a computed step: store the segment's residual."""
         self.blocks.segment_output(call, segment, streams)
@@ -328,7 +335,8 @@ class CacheEngine:
             scratch = self.buffers.scratch_like(probe) if probe is not None and branch.probe is not None else None
             return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
-        self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
+        self.decider.decide(call, measure, self.blocks.can_reuse(branch, call.injected), self.layout.num_middle,
+                            self.layout.num_blocks)
         if self._offloaded(call):
             # the stored residuals go to the model's device now, ahead of the blocks that read them
             reads = call.reuse or self.options.taylorseer_order > 0 or self.feedback is not None

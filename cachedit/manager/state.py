@@ -52,6 +52,7 @@ class BranchState:
     signature: Optional[tuple] = None
     probe: Optional[torch.Tensor] = None  # probe residual of the last computed step
     residuals: Dict[int, Dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)  # segment -> stream -> residual
+    residuals_injected: bool = False  # the residuals come from a call with additions between blocks (block_reuse.py)
     taylor: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # (segment, stream) -> TaylorSeries
     last_computed_step: int = -1
     cached_steps: List[int] = dataclasses.field(default_factory=list)
@@ -87,6 +88,7 @@ class BranchState:
         """Drop every cached tensor (a shape/dtype/device change makes them meaningless)."""
         self.probe = None
         self.residuals.clear()
+        self.residuals_injected = False
         self.taylor.clear()
         self.last_input = None
         self.last_output = None

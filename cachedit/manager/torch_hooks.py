@@ -151,9 +151,10 @@ class TorchHooks:
                 return original(*args, **kwargs)  # training or an odd call: never cache
             timestep = _scalar(self._arg(self._timestep_arg, args, kwargs))
             signature = (tuple(x.shape), x.dtype, x.device)
+            injected = adds_between_blocks(kwargs)
             if len(engines) > 1:
-                return _run_calls(engines, timestep, signature, x, lambda: original(*args, **kwargs))
-            call = engine.begin_call(timestep, None, signature, model_input=x)
+                return _run_calls(engines, timestep, signature, x, injected, lambda: original(*args, **kwargs))
+            call = engine.begin_call(timestep, None, signature, model_input=x, injected=injected)
             if call is None:
                 return original(*args, **kwargs)
             if engine.step_level:
@@ -176,10 +177,25 @@ class TorchHooks:
         return _rebuild_output(self._output_template, tensor)
 
 
-def _run_calls(engines: List[CacheEngine], timestep: Any, signature: tuple, x: torch.Tensor,
+def adds_between_blocks(kwargs: dict) -> bool:
+    """Whether a diffusers transformer call adds something to the hidden stream between its
+    blocks: ControlNet residuals (`controlnet_block_samples`, `controlnet_single_block_samples`,
+    SD3's `block_controlnet_hidden_states`) or Wan VACE's `control_hidden_states`, i.e. any tensor
+    (or list of tensors) passed under a keyword naming "control"."""
+    for name, value in kwargs.items():
+        if "control" not in name.lower() or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            return True
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return True
+    return False
+
+
+def _run_calls(engines: List[CacheEngine], timestep: Any, signature: tuple, x: torch.Tensor, injected: bool,
                run: Callable[[], Any]) -> Any:
     """Open one call per engine (each block list is its own cache context), run, close them all."""
-    calls = [(e, e.begin_call(timestep, None, signature, model_input=x)) for e in engines]
+    calls = [(e, e.begin_call(timestep, None, signature, model_input=x, injected=injected)) for e in engines]
     for engine, call in reversed(calls):
         if call is not None:
             run = functools.partial(engine.run_call, call, run)

@@ -4,9 +4,10 @@ removed from a ModelPatcher through ComfyUI's official extension points only.
 * a keyed `WrappersMP.OUTER_SAMPLE` wrapper: one sampling run = one engine run (closed before and,
   in a `finally`, after sampling, so a cancelled run leaves nothing behind); records the sigmas;
 * a keyed `WrappersMP.APPLY_MODEL` wrapper (runs for every model, SD3 included): opens each model
-  call with its step, its progress as ComfyUI measures it (the sigma's percent, progress.py) and
-  CFG branch (keyed by the conditioning uuids) and, for models without hookable blocks, reuses
-  whole steps;
+  call with its step, its progress as ComfyUI measures it (the sigma's percent, progress.py), its
+  CFG branch (keyed by the conditioning uuids) and whether a ControlNet / VACE adds to the
+  hidden stream between blocks (`_adds_between_blocks`), and, for models without hookable
+  blocks, reuses whole steps;
 * block hooks on the blocks the engine gives a role, both driving the block protocol:
   `patches_replace["dit"]` patches where the model honours them (`ReplaceCodec`), and object
   patches of a block's `forward` where it does not (`BlockIO`). Object patches keep state_dict
@@ -165,6 +166,15 @@ def _branch_key(transformer_options: dict) -> Optional[tuple]:
     return None
 
 
+def _adds_between_blocks(args: tuple, kwargs: dict, transformer_options: dict) -> bool:
+    """Whether this model call adds something to the hidden stream between DiT blocks: a
+    ControlNet's per-block residuals (`control`: Flux, Chroma, HunyuanVideo, SD3, Qwen-Image), Wan
+    VACE's hints (`vace_context`), or "double_block" patches (Qwen-Image's DiffSynth ControlNet)."""
+    control = args[4] if len(args) > 4 else kwargs.get("control")
+    return (control is not None or kwargs.get("vace_context") is not None
+            or bool(transformer_options.get("patches", {}).get("double_block")))
+
+
 def _apply_model_wrapper(handle: _Handle) -> Callable:
     engine = handle.engine
 
@@ -186,7 +196,7 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
                                  total_steps=total, step_index=step, progress=progress,
                                  noise_progress=handle.progress.noise_progress(sampling, sigma, _span_start(handle)),
-                                 model_input=x)
+                                 model_input=x, injected=_adds_between_blocks(args, kwargs, to))
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):

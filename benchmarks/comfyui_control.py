@@ -1,0 +1,139 @@
+"""CacheDit Accelerate's default in real ComfyUI with a ControlNet applied: PSNR and computed steps.
+
+    COMFYUI_PATH=/path/to/ComfyUI .venv/bin/python -m benchmarks.comfyui_control [--arch flux,qwen]
+
+A ControlNet adds its own residual to the hidden stream after each DiT block, in the model's
+forward loop, outside the blocks a cache skips (ComfyUI's Flux, Chroma, HunyuanVideo, SD3 and
+Qwen-Image all do `img[:, :n] += control["input"][i]`). There are no ControlNet weights for the
+bundled models, so `BlockResidualControl` stands in for one through ComfyUI's own ControlBase:
+for every block a residual computed from this step's noisy latent and a fixed hint, bounded
+(tanh) at `scale` (0.3: about 14% of the FLUX layout's hidden RMS, 1.0: about 45%), scaled by
+the strength and the start / end percent as ComfyUI's ControlNet nodes do. It goes into both
+conditionings, as Apply ControlNet (advanced) puts it.
+
+Each bundled model in ComfyUI's own class, 28 Euler steps, CFG 3 batched, batch 8, seeds
+0..n-1, uncached and with `cachedit.enable_cache(patcher)`. Quality only (no timing): PSNR
+pooled over every image, the worst seed's, and the steps each generation computed. Writes
+benchmarks/results/comfyui_control.md. Wan has no ControlNet in ComfyUI (its VACE hints are
+added the same way; tests/test_block_injections.py covers that path with diffusers' keywords).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+import torch
+
+from .common import seeds_quality, write_markdown
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CASES = ((0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.3, 0.5), (1.0, 0.5))  # (scale, end percent); 0: no control
+
+
+@functools.lru_cache(maxsize=None)
+def control_class():
+    """BlockResidualControl (built on first use: ComfyUI must be importable)."""
+    from comfy.controlnet import ControlBase
+
+    class BlockResidualControl(ControlBase):
+        """A ControlNet stand-in: per-block residuals from the noisy latent and a fixed hint."""
+
+        def __init__(self, n_input: int, n_output: int, dim: int, scale: float, seed: int = 0) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            self.n_input, self.scale = n_input, scale
+            self.weights = torch.randn(n_input + n_output, 4, dim, generator=g) * 0.5
+            self.hint = torch.randn(n_input + n_output, 64, dim, generator=g)
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            if self.timestep_range is not None and not (self.timestep_range[1] <= float(t[0]) <= self.timestep_range[0]):
+                return None  # outside start / end percent, like ComfyUI's ControlNet
+            x = x_noisy.float()
+            x = x.squeeze(2) if x.ndim == 5 else x
+            b = x.shape[0]
+            tokens = x.reshape(b, 1, 8, 2, 8, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, 64, 4)  # 2x2 patches
+            adds = [self.scale * torch.tanh(tokens @ w + h) for w, h in zip(self.weights, self.hint)]
+            return self.control_merge({"input": adds[:self.n_input], "output": adds[self.n_input:]}, None,
+                                      x_noisy.dtype)
+
+        def copy(self):
+            c = BlockResidualControl.__new__(BlockResidualControl)
+            ControlBase.__init__(c)
+            self.copy_to(c)
+            c.n_input, c.scale, c.weights, c.hint = self.n_input, self.scale, self.weights, self.hint
+            return c
+
+    return BlockResidualControl
+
+
+def make_control(diffusion_model, scale: float, end_percent: float = 1.0, strength: float = 1.0):
+    """A control for a bundled model in ComfyUI: Flux gets double ("input") and single ("output")
+    block residuals, Qwen-Image one per transformer block."""
+    dm = diffusion_model
+    if hasattr(dm, "double_blocks"):
+        n_input, n_output, dim = len(dm.double_blocks), len(dm.single_blocks), dm.hidden_size
+    else:
+        n_input, n_output, dim = len(dm.transformer_blocks), 0, dm.inner_dim
+    control = control_class()(n_input, n_output, dim, scale)
+    return control.set_cond_hint(None, strength, (0.0, end_percent))
+
+
+def run(arch: str, seeds: int, cases=CASES, steps: int = 28):
+    """Rows (arch, scale, end percent, pooled PSNR, worst seed PSNR, computed steps per seed)."""
+    import cachedit
+    from cachedit.bundled import comfyui as bundled_comfy
+
+    patcher, bundled = bundled_comfy.load_patcher(arch)
+    rows = []
+    for scale, end in cases:
+        options = {"control": make_control(patcher.model.diffusion_model, scale, end)} if scale else None
+        accelerated = cachedit.enable_cache(patcher)
+
+        def images(k):
+            labels = torch.tensor([(8 * k + i) % 10 for i in range(8)])
+            reference = bundled_comfy.generate(patcher, bundled, labels, steps=steps, seed=k, cond_options=options)
+            return bundled_comfy.generate(accelerated, bundled, labels, steps=steps, seed=k,
+                                          cond_options=options), reference
+
+        pooled, worst, computed = seeds_quality(accelerated, steps, seeds, images)
+        cachedit.disable_cache(accelerated)
+        rows.append((arch, scale, end, pooled, worst, computed))
+        print(f"{arch} control {scale:g} until {end:g}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="flux,qwen")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_control.md"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    from tests.comfyui import harness
+
+    harness.ensure_comfy()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for arch in args.arch.split(","):
+        rows += run(arch, args.seeds)
+    lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet stand-in "
+             f"(`BlockResidualControl`: per-block residuals bounded at `scale`, strength 1, from 0% to the end "
+             f"percent), bundled models in ComfyUI's own classes, 28 Euler steps, CFG 3 batched, batch 8, seeds "
+             f"0-{args.seeds - 1}; quality only (`!`: below 40 dB)", "",
+             "| model | control scale | end percent | PSNR dB pooled | worst seed | steps computed per seed |",
+             "|---|---|---|---|---|---|"]
+    for arch, scale, end, pooled, worst, computed in rows:
+        flag = " !" if pooled < 40.0 else ""
+        lines.append(f"| {arch} | {scale:g} | {end:g} | {pooled:.2f}{flag} | {worst:.2f} | "
+                     f"{', '.join(map(str, computed))} |")
+    write_markdown("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""A ControlNet in real ComfyUI adds its residuals between the DiT blocks a reused step skips:
+the default must add this step's residuals once (before, they were counted again inside the
+reused residual: 26.9 dB on the FLUX layout at scale 1 until 50%, 27.9 dB on Qwen-Image at 0.3)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("arch,cases", [("flux", ((1.0, 1.0), (1.0, 0.5))), ("qwen", ((0.3, 1.0),))])
+def test_default_keeps_quality_with_a_controlnet(comfy_harness, arch, cases):
+    from benchmarks import comfyui_control
+
+    for _, scale, end, pooled, worst, computed in comfyui_control.run(arch, seeds=1, cases=cases):
+        assert pooled >= 40.0, (arch, scale, end, pooled)
+        assert computed[0] <= 14, (arch, scale, end, computed)  # still reuses half the steps or more
+
+
+def test_control_stand_in_follows_its_end_percent(comfy_harness):
+    import torch
+
+    from benchmarks import comfyui_control
+    from cachedit.bundled import comfyui as bundled_comfy
+
+    patcher, _ = bundled_comfy.load_patcher("flux")
+    control = comfyui_control.make_control(patcher.model.diffusion_model, 1.0, end_percent=0.5)
+    control.pre_run(patcher.model, patcher.model.model_sampling.percent_to_sigma)
+    x = torch.zeros(2, 1, 16, 16)
+    early = control.get_control(x, torch.tensor([0.9]), {}, 2, {})
+    late = control.get_control(x, torch.tensor([0.3]), {}, 2, {})
+    assert late is None
+    assert len(early["input"]) == 2 and len(early["output"]) == 10 and early["input"][0].shape == (2, 64, 160)
