@@ -86,7 +86,7 @@ def test_reused_steps_add_this_steps_control_once(in_place):
     torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_control_ending_mid_run_computes_the_first_step_without_it():
+def test_control_ending_mid_run_computes_the_first_two_steps_without_it():
     model = ControlledDiT(in_place=True)
     reference = _sample(model, control_until=5)
     cachedit.enable_cache(model, strategy="fixed", skip_interval=2, warmup_steps=1)
@@ -95,8 +95,9 @@ def test_control_ending_mid_run_computes_the_first_step_without_it():
         stats = cachedit.summary(model, logging=False)[0]
     finally:
         cachedit.disable_cache(model)
-    assert 5 not in stats.cached_steps  # the residuals were made with the control present
-    assert any(s > 5 for s in stats.cached_steps) and any(s < 5 for s in stats.cached_steps)
+    # the residuals were made with the control present; forecasts restart from two steps without it
+    assert 5 not in stats.cached_steps and 6 not in stats.cached_steps
+    assert any(s > 6 for s in stats.cached_steps) and any(s < 5 for s in stats.cached_steps)
     torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -119,3 +120,23 @@ def test_comfyui_calls_with_control_vace_or_block_patches_are_injected():
     assert _adds_between_blocks(plain, {"vace_context": x, "vace_strength": [1.0]}, {})  # Wan VACE
     assert _adds_between_blocks(plain, {}, {"patches": {"double_block": [lambda args: args]}})  # Qwen DiffSynth
     assert not _adds_between_blocks(plain, {}, {"patches": {"post_input": [lambda args: args]}})  # before the blocks
+
+
+def test_follow_additions_drops_residuals_and_forecasts_for_two_calls():
+    from cachedit.manager.block_reuse import BlockReuse
+    from cachedit.manager.state import BranchState
+
+    branch = BranchState(index=0)
+    branch.residuals[0] = {"hidden": torch.ones(1)}
+    branch.taylor[(0, "hidden")] = object()
+    BlockReuse.follow_additions(branch, False)  # plain calls, as before: nothing changes
+    assert branch.residuals and branch.taylor
+    BlockReuse.follow_additions(branch, True)  # a ControlNet starts
+    assert not branch.residuals and not branch.taylor
+    branch.residuals[0] = {"hidden": torch.ones(1)}  # stored by the computed call
+    BlockReuse.follow_additions(branch, True)  # the next call computes too
+    assert not branch.residuals
+    branch.residuals[0] = {"hidden": torch.ones(1)}
+    branch.taylor[(0, "hidden")] = object()
+    BlockReuse.follow_additions(branch, True)  # from then on it may reuse
+    assert branch.residuals and branch.taylor

@@ -12,8 +12,8 @@ When the model adds something between the blocks of a segment (a ControlNet's pe
 residuals, Wan VACE hints: `CallState.injected`), the residual is the sum of the segment's blocks'
 own residuals instead (kept block by block on computed steps), so the additions are not cached
 with it: a reused step gets them fresh between the skipped blocks (protocol.py) and would count
-them twice otherwise. A branch never reuses across a change between injected and plain calls
-(a ControlNet's end percent).
+them twice otherwise. When additions start or stop (a ControlNet's end percent) the branch
+computes that call and the next, and TaylorSeer forecasts start again from those two.
 
 With error feedback on, every computed step also measures, before storing, how far the reused (or
 predicted) hidden residual would have been from the one just computed, relative to the segment's
@@ -50,12 +50,25 @@ class BlockReuse:
         self.copy_inputs = copy_inputs
         self.keep_inputs = bool(layout.segments) and all(layout.roles[s[0]].prune for s in layout.segments)
 
-    def can_reuse(self, branch: BranchState, injected: bool = False) -> bool:
-        """A reuse needs every segment's residual from a computed step of this branch, made with
-        the same between-block additions present or absent as this call's."""
-        if branch.last_computed_step < 0 or branch.residuals_injected != injected:
+    def can_reuse(self, branch: BranchState) -> bool:
+        """A reuse needs every segment's residual from a computed step of this branch."""
+        if branch.last_computed_step < 0:
             return False
         return all(seg in branch.residuals for seg in range(len(self.layout.segments)))
+
+    @staticmethod
+    def follow_additions(branch: BranchState, injected: bool) -> None:
+        """Before a call's decision: when additions between blocks start or stop (a ControlNet's
+        end percent), the residuals and their TaylorSeer history belong to the other regime:
+        they are dropped, and this call and the next compute, so forecasts start from two
+        steps of the new one."""
+        if branch.residuals_injected != injected:
+            branch.residuals_injected = injected
+            branch.taylor.clear()
+            branch.settling = 2
+        if branch.settling:
+            branch.residuals.clear()
+            branch.settling -= 1
 
     def block_residual(self, call: CallState, seg: int, hidden_in: Optional[torch.Tensor],
                        hidden_out: Optional[torch.Tensor]) -> None:
@@ -119,7 +132,6 @@ class BlockReuse:
         if self.keep_inputs and inputs.get("hidden") is not None:
             residual[PRUNE_INPUT] = inputs["hidden"]  # DBPrune compares the block's next input with it
         branch.residuals[seg] = residual
-        branch.residuals_injected = call.injected
 
     def _measure_error(self, branch: BranchState, seg: int, out: torch.Tensor, base: torch.Tensor,
                        previous: Optional[torch.Tensor], step: int) -> None:

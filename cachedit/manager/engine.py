@@ -335,8 +335,8 @@ class CacheEngine:
             scratch = self.buffers.scratch_like(probe) if probe is not None and branch.probe is not None else None
             return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
-        self.decider.decide(call, measure, self.blocks.can_reuse(branch, call.injected), self.layout.num_middle,
-                            self.layout.num_blocks)
+        self.blocks.follow_additions(branch, call.injected)
+        self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
         if self._offloaded(call):
             # the stored residuals go to the model's device now, ahead of the blocks that read them
             reads = call.reuse or self.options.taylorseer_order > 0 or self.feedback is not None

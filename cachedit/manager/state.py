@@ -52,7 +52,8 @@ class BranchState:
     signature: Optional[tuple] = None
     probe: Optional[torch.Tensor] = None  # probe residual of the last computed step
     residuals: Dict[int, Dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)  # segment -> stream -> residual
-    residuals_injected: bool = False  # the residuals come from a call with additions between blocks (block_reuse.py)
+    residuals_injected: bool = False  # its calls add between blocks (block_reuse.py: residuals made so)
+    settling: int = 0  # calls left that compute after additions started or stopped (block_reuse.py)
     taylor: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # (segment, stream) -> TaylorSeries
     last_computed_step: int = -1
     cached_steps: List[int] = dataclasses.field(default_factory=list)
@@ -89,6 +90,7 @@ class BranchState:
         self.probe = None
         self.residuals.clear()
         self.residuals_injected = False
+        self.settling = 0
         self.taylor.clear()
         self.last_input = None
         self.last_output = None
