@@ -20,17 +20,15 @@ added the same way; tests/test_block_injections.py covers that path with diffuse
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
 
 import torch
 
-from .common import seeds_quality, write_markdown
+from .common import comfyui_quality_rows, seeds_quality, write_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CASES = ((0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.3, 0.5), (1.0, 0.5))  # (scale, end percent); 0: no control
 
 
@@ -108,20 +106,7 @@ def run(arch: str, seeds: int, cases=CASES, steps: int = 28):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="flux,qwen")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_control.md"))
-    args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
-    from tests.comfyui import harness
-
-    harness.ensure_comfy()
-    torch.set_num_threads(args.threads)
-    rows = []
-    for arch in args.arch.split(","):
-        rows += run(arch, args.seeds)
+    args, rows = comfyui_quality_rows(__doc__, argv, "flux,qwen", os.path.join(HERE, "results", "comfyui_control.md"), run)
     lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet stand-in "
              f"(`BlockResidualControl`: per-block residuals bounded at `scale`, strength 1, from 0% to the end "
              f"percent), bundled models in ComfyUI's own classes, 28 Euler steps, CFG 3 batched, batch 8, seeds "

@@ -12,16 +12,14 @@ worst seed's, and the steps each generation computed. Writes benchmarks/results/
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
-from .common import seeds_quality, write_markdown
+from .common import comfyui_quality_rows, seeds_quality, write_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CASES = ((28, 1.0), (28, 0.75), (28, 0.6), (28, 0.5), (20, 0.5), (50, 0.5))  # (steps, denoise)
 
 
@@ -81,20 +79,8 @@ def run(arch: str, seeds: int, cases=CASES):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="flux,wan,qwen")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_img2img.md"))
-    args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
-    from tests.comfyui import harness
-
-    harness.ensure_comfy()
-    torch.set_num_threads(args.threads)
-    rows = []
-    for arch in args.arch.split(","):
-        rows += run(arch, args.seeds)
+    args, rows = comfyui_quality_rows(__doc__, argv, "flux,wan,qwen", os.path.join(HERE, "results", "comfyui_img2img.md"),
+                                      run)
     lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) on img2img from a generated image, "
              f"bundled models in ComfyUI's own classes, Euler, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; "
              f"quality only (`!`: below 40 dB)", "",

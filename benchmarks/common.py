@@ -293,3 +293,28 @@ def seeds_quality(accelerated: Any, steps: int, seeds: int,
         mses.append(float(((cached - reference) ** 2).mean()))
         computed.append(steps - len(cachedit.summary(accelerated, logging=False)[0].cached_steps))
     return psnr_of_mse(sum(mses) / len(mses)), min(psnr_of_mse(m) for m in mses), computed
+
+
+def comfyui_quality_rows(doc: str, argv: Optional[Sequence[str]], default_arch: str, default_out: str,
+                         run: Callable[[str, int], list]) -> "tuple[Any, list]":
+    """The command line the ComfyUI quality benchmarks share (--arch, --seeds, --threads, --out):
+    imports ComfyUI from COMFYUI_PATH and returns (the arguments, `run(arch, seeds)`'s rows for
+    every arch)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=default_arch)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=default_out)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.comfyui import harness
+
+    harness.ensure_comfy()
+    torch.set_num_threads(args.threads)
+    rows: list = []
+    for arch in args.arch.split(","):
+        rows += run(arch, args.seeds)
+    return args, rows
