@@ -1,6 +1,7 @@
 """A ControlNet in real ComfyUI adds its residuals between the DiT blocks a reused step skips:
 the default must add this step's residuals once (before, they were counted again inside the
-reused residual: 26.9 dB on the FLUX layout at scale 1 until 50%, 27.9 dB on Qwen-Image at 0.3)."""
+reused residual, 3 seeds: FLUX layout at scale 1 20.4 dB, until 50% 27.4; Qwen-Image at 0.3 27.9;
+benchmarks/results/runs/2026-12-01_comfyui_control_before.md)."""
 
 from __future__ import annotations
 
