@@ -8,8 +8,11 @@ Qwen-Image all do `img[:, :n] += control["input"][i]`). There are no ControlNet 
 bundled models, so `BlockResidualControl` stands in for one through ComfyUI's own ControlBase:
 for every block a residual computed from this step's noisy latent and a fixed hint, bounded
 (tanh) at `scale` (0.3: about 14% of the FLUX layout's hidden RMS, 1.0: about 45%), scaled by
-the strength and the start / end percent as ComfyUI's ControlNet nodes do. It goes into both
-conditionings, as Apply ControlNet (advanced) puts it.
+the strength and the start / end percent as ComfyUI's ControlNet nodes do. On the FLUX layout a
+real ComfyUI ControlNet runs as well: `comfy.ldm.flux.controlnet.ControlNetFlux` (InstantX-style,
+latent hint; 2 double and 4 single blocks sharing the bundled model's weights, its control
+projections random at std `size`) in `comfy.controlnet.ControlNet`, with a generated digit as
+the hint. Either goes into both conditionings, as Apply ControlNet (advanced) puts it.
 
 Each bundled model in ComfyUI's own class, 28 Euler steps, CFG 3 batched, batch 8, seeds
 0..n-1, uncached and with `cachedit.enable_cache(patcher)`. Quality only (no timing): PSNR
@@ -29,7 +32,12 @@ import torch
 from .common import comfyui_quality_rows, seeds_quality, write_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = ((0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.3, 0.5), (1.0, 0.5))  # (scale, end percent); 0: no control
+ROOT = os.path.dirname(HERE)
+# (control, size, end percent): "none", "stand-in" (BlockResidualControl at scale `size`) or
+# "ControlNetFlux" (FLUX layout only; control projections at std `size`)
+CASES = (("none", 0.0, 1.0), ("stand-in", 0.3, 1.0), ("stand-in", 1.0, 1.0), ("stand-in", 0.3, 0.5), ("stand-in", 1.0, 0.5))
+FLUX_CASES = (("ControlNetFlux", 0.05, 1.0), ("ControlNetFlux", 0.01, 1.0), ("ControlNetFlux", 0.05, 0.5),
+              ("ControlNetFlux", 0.01, 0.5))
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,15 +88,53 @@ def make_control(diffusion_model, scale: float, end_percent: float = 1.0, streng
     return control.set_cond_hint(None, strength, (0.0, end_percent))
 
 
-def run(arch: str, seeds: int, cases=CASES, steps: int = 28):
-    """Rows (arch, scale, end percent, pooled PSNR, worst seed PSNR, computed steps per seed)."""
+def controlnet_flux(patcher, bundled, size: float, end_percent: float = 1.0, seed: int = 0):
+    """ComfyUI's own Flux ControlNet for the bundled FLUX layout (see the module docstring)."""
+    import json
+
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+
+    from cachedit.bundled import comfyui as bundled_comfy
+
+    with open(os.path.join(ROOT, "cachedit", "bundled", "digits_flux_config.json")) as fh:
+        cfg = json.load(fh)["transformer"]
+    model = comfy.ldm.flux.controlnet.ControlNetFlux(
+        latent_input=True, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu",
+        in_channels=cfg["in_channels"] // 4, out_channels=cfg["out_channels"] // 4, patch_size=2,
+        vec_in_dim=cfg["pooled_projection_dim"], context_in_dim=cfg["joint_attention_dim"],
+        hidden_size=cfg["num_attention_heads"] * cfg["attention_head_dim"], mlp_ratio=4.0,
+        num_heads=cfg["num_attention_heads"], depth=2, depth_single_blocks=4, axes_dim=list(cfg["axes_dims_rope"]),
+        theta=10000, qkv_bias=True, guidance_embed=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # disable_weight_init leaves them uninitialised
+            p.copy_(torch.randn(p.shape, generator=g) * (size if "controlnet" in name else 0.02) if p.dim() > 1
+                    else torch.zeros_like(p))
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in patcher.model.diffusion_model.state_dict().items()
+                               if k in own and own[k].shape == v.shape}, strict=False)
+    hint = bundled_comfy.generate(patcher, bundled, torch.arange(8) % 10, seed=100)  # digits as the control image
+    control = comfy.controlnet.ControlNet(model, compression_ratio=1, latent_format=None,
+                                          load_device=torch.device("cpu"), extra_conds=["y", "guidance"])
+    return control.set_cond_hint(hint * 2 - 1, 1.0, (0.0, end_percent))
+
+
+def run(arch: str, seeds: int, cases=None, steps: int = 28):
+    """Rows (arch, control, size, end percent, pooled PSNR, worst seed PSNR, computed steps per seed)."""
     import cachedit
     from cachedit.bundled import comfyui as bundled_comfy
 
     patcher, bundled = bundled_comfy.load_patcher(arch)
+    if cases is None:
+        cases = CASES + (FLUX_CASES if arch == "flux" else ())
     rows = []
-    for scale, end in cases:
-        options = {"control": make_control(patcher.model.diffusion_model, scale, end)} if scale else None
+    for kind, size, end in cases:
+        if kind == "ControlNetFlux":
+            options = {"control": controlnet_flux(patcher, bundled, size, end)}
+        else:
+            options = {"control": make_control(patcher.model.diffusion_model, size, end)} if kind != "none" else None
         accelerated = cachedit.enable_cache(patcher)
 
         def images(k):
@@ -99,23 +145,24 @@ def run(arch: str, seeds: int, cases=CASES, steps: int = 28):
 
         pooled, worst, computed = seeds_quality(accelerated, steps, seeds, images)
         cachedit.disable_cache(accelerated)
-        rows.append((arch, scale, end, pooled, worst, computed))
-        print(f"{arch} control {scale:g} until {end:g}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}",
+        rows.append((arch, kind, size, end, pooled, worst, computed))
+        print(f"{arch} {kind} {size:g} until {end:g}: {pooled:.2f} dB (worst seed {worst:.2f}), computed {computed}",
               file=sys.stderr, flush=True)
     return rows
 
 
 def main(argv=None) -> None:
     args, rows = comfyui_quality_rows(__doc__, argv, "flux,qwen", os.path.join(HERE, "results", "comfyui_control.md"), run)
-    lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet stand-in "
-             f"(`BlockResidualControl`: per-block residuals bounded at `scale`, strength 1, from 0% to the end "
-             f"percent), bundled models in ComfyUI's own classes, 28 Euler steps, CFG 3 batched, batch 8, seeds "
-             f"0-{args.seeds - 1}; quality only (`!`: below 40 dB)", "",
-             "| model | control scale | end percent | PSNR dB pooled | worst seed | steps computed per seed |",
-             "|---|---|---|---|---|---|"]
-    for arch, scale, end, pooled, worst, computed in rows:
+    lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet from 0% to the "
+             f"end percent, strength 1: the stand-in (`BlockResidualControl`, per-block residuals bounded at `size`) "
+             f"or ComfyUI's ControlNetFlux (control projections at std `size`); bundled models in ComfyUI's own "
+             f"classes, 28 Euler steps, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; quality only (`!`: below "
+             f"40 dB)", "",
+             "| model | control | size | end percent | PSNR dB pooled | worst seed | steps computed per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for arch, kind, size, end, pooled, worst, computed in rows:
         flag = " !" if pooled < 40.0 else ""
-        lines.append(f"| {arch} | {scale:g} | {end:g} | {pooled:.2f}{flag} | {worst:.2f} | "
+        lines.append(f"| {arch} | {kind} | {size:g} | {end:g} | {pooled:.2f}{flag} | {worst:.2f} | "
                      f"{', '.join(map(str, computed))} |")
     write_markdown("\n".join(lines), args.out)
 
