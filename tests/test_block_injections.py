@@ -129,14 +129,39 @@ def test_follow_additions_drops_residuals_and_forecasts_for_two_calls():
     branch = BranchState(index=0)
     branch.residuals[0] = {"hidden": torch.ones(1)}
     branch.taylor[(0, "hidden")] = object()
-    BlockReuse.follow_additions(branch, False)  # plain calls, as before: nothing changes
+    BlockReuse.follow_additions(branch, False, 0)  # plain calls, as before: nothing changes
     assert branch.residuals and branch.taylor
-    BlockReuse.follow_additions(branch, True)  # a ControlNet starts
-    assert not branch.residuals and not branch.taylor
+    BlockReuse.follow_additions(branch, True, 1)  # a ControlNet starts
+    assert not branch.residuals and not branch.taylor and branch.additions_changed_step == 1
     branch.residuals[0] = {"hidden": torch.ones(1)}  # stored by the computed call
-    BlockReuse.follow_additions(branch, True)  # the next call computes too
+    BlockReuse.follow_additions(branch, True, 2)  # the next call computes too
     assert not branch.residuals
     branch.residuals[0] = {"hidden": torch.ones(1)}
     branch.taylor[(0, "hidden")] = object()
-    BlockReuse.follow_additions(branch, True)  # from then on it may reuse
+    BlockReuse.follow_additions(branch, True, 3)  # from then on it may reuse
     assert branch.residuals and branch.taylor
+
+
+def test_sampler_noise_check_skips_the_turn_after_a_control_starts_or_stops():
+    """The model's output turns where a ControlNet stops (its end percent): the next step's input
+    change points elsewhere, which is not sampler noise (a strong ControlNet ending at 50% made the
+    bundled FLUX layout compute 24 of 28 steps)."""
+    from cachedit.manager import sampler_noise
+    from cachedit.manager.state import BranchState
+
+    def cosines(changed_at: int) -> dict:
+        branch = BranchState(index=0)
+        branch.additions_changed_step = changed_at
+        x, direction, seen = torch.zeros(2, 16), torch.ones(2, 16), {}
+        for step in range(6):
+            branch.last_computed_step = step - 1  # every step computed
+            sampler_noise.track(branch, step, x)
+            seen[step] = None if branch.noise_pending is None else round(float(branch.noise_pending), 3)
+            branch.noise_pending = None
+            if step == 3:
+                direction = -direction  # the output computed at step 3 turns the path
+            x = x + 0.1 * direction
+        return seen
+
+    assert cosines(changed_at=-1) == {0: None, 1: None, 2: 1.0, 3: 1.0, 4: -1.0, 5: 1.0}
+    assert cosines(changed_at=3) == {0: None, 1: None, 2: 1.0, 3: 1.0, 4: None, 5: 1.0}

@@ -57,15 +57,16 @@ class BlockReuse:
         return all(seg in branch.residuals for seg in range(len(self.layout.segments)))
 
     @staticmethod
-    def follow_additions(branch: BranchState, injected: bool) -> None:
-        """Before a call's decision: when additions between blocks start or stop (a ControlNet's
-        end percent), the residuals and their TaylorSeer history belong to the other regime:
-        they are dropped, and this call and the next compute, so forecasts start from two
+    def follow_additions(branch: BranchState, injected: bool, step: int) -> None:
+        """Before a call's decision at `step`: when additions between blocks start or stop (a
+        ControlNet's end percent), the residuals and their TaylorSeer history belong to the other
+        regime: they are dropped, and this call and the next compute, so forecasts start from two
         steps of the new one."""
         if branch.residuals_injected != injected:
             branch.residuals_injected = injected
             branch.taylor.clear()
             branch.settling = 2
+            branch.additions_changed_step = step
         if branch.settling:
             branch.residuals.clear()
             branch.settling -= 1

@@ -335,7 +335,7 @@ class CacheEngine:
             scratch = self.buffers.scratch_like(probe) if probe is not None and branch.probe is not None else None
             return self.decider.measure(branch, branch.probe, probe, can_reuse, scratch)
 
-        self.blocks.follow_additions(branch, call.injected)
+        self.blocks.follow_additions(branch, call.injected, call.step)
         self.decider.decide(call, measure, self.blocks.can_reuse(branch), self.layout.num_middle, self.layout.num_blocks)
         if self._offloaded(call):
             # the stored residuals go to the model's device now, ahead of the blocks that read them

@@ -25,6 +25,9 @@ NOISE_COSINE the next step computes, so the next cosine can be read (er_sde: 0.2
 zero at step 3; a reuse in between would have hidden it). The cosine is computed on the device
 at each step's first call and read with the decision's one host copy (decisions.py). Only with
 error feedback (the presets): an explicit cache-dit configuration keeps cache-dit's behaviour.
+The cosine right after a ControlNet started or stopped (block_reuse.follow_additions) is not read:
+the model's output turns there, and a strong ControlNet ending at 50% turned the path to a cosine
+below 0.5 on the bundled FLUX layout.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def track(branch: BranchState, step: int, x: Optional[torch.Tensor]) -> None:
         return
     change = flat - last
     branch.noise_change = change
-    if last_change is None:
-        return
+    if last_change is None or branch.additions_changed_step == step - 1:
+        return  # a ControlNet that started or stopped at the last step turned the path: not noise
     dot = (change * last_change).sum(1)
     norms = change.square().sum(1) * last_change.square().sum(1)
     cosine = torch.where(norms > 0, dot / norms.clamp_min(1e-30).sqrt(), torch.ones_like(dot))  # no change: no evidence

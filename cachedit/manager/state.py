@@ -54,6 +54,7 @@ class BranchState:
     residuals: Dict[int, Dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)  # segment -> stream -> residual
     residuals_injected: bool = False  # its calls add between blocks (block_reuse.py: residuals made so)
     settling: int = 0  # calls left that compute after additions started or stopped (block_reuse.py)
+    additions_changed_step: int = -1  # the last step where they started or stopped (sampler_noise.py skips its cosine)
     taylor: Dict[Any, Any] = dataclasses.field(default_factory=dict)  # (segment, stream) -> TaylorSeries
     last_computed_step: int = -1
     cached_steps: List[int] = dataclasses.field(default_factory=list)
