@@ -293,3 +293,22 @@ def test_benchmark_inputs_reproduce_generate(models, arch):
     inp = bundled_inputs(m, [1, 5, 9], steps=4)
     assert inp.arch == arch and (inp.pooled is None) == (arch != "flux")
     assert torch.equal(bundled_images(euler(m.transformer, inp), arch), D.generate(m, [1, 5, 9], num_steps=4))
+
+
+def test_kontext_style_model_does_its_edit():
+    """The committed Kontext-style weights (scripts/train_kontext.py) mirror the reference digit:
+    every sample mirrored back is classified as the reference's digit, and the diffusers path
+    appends the reference tokens after the image tokens with RoPE ids (1, row, col)."""
+    from cachedit.bundled import kontext as K
+    from cachedit.bundled.metrics import digit_accuracy
+
+    model = K.load_model()
+    images, labels = D.digits_dataset()
+    pick = torch.arange(8) * 7
+    out = K.generate(model, images[pick], labels[pick], seed=0)
+    assert digit_accuracy(K.edit_target(out), labels[pick]) == 1.0
+    x = torch.zeros(2, 64, 4)
+    kwargs = K.transformer_kwargs(x, 0.5, model.condition(labels[:2]), torch.ones(1, 64, 4))
+    assert kwargs["hidden_states"].shape == (2, 128, 4) and torch.equal(kwargs["hidden_states"][:, 64:], torch.ones(2, 64, 4))
+    assert kwargs["img_ids"][:64, 0].eq(0).all() and kwargs["img_ids"][64:, 0].eq(1).all()
+    assert torch.equal(kwargs["img_ids"][64:, 1:], kwargs["img_ids"][:64, 1:])

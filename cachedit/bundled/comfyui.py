@@ -78,14 +78,15 @@ def _digits_latent_format():
     return DigitsLatent()
 
 
-def load_patcher(arch: str = "flux") -> Tuple[object, D.DigitsModel]:
+def load_patcher(arch: str = "flux", weights: Optional[str] = None) -> Tuple[object, D.DigitsModel]:
     """(ModelPatcher of ComfyUI's own model holding the bundled ``arch`` weights, the diffusers
-    DigitsModel of the same weights, used for the label conditioning)."""
+    DigitsModel of the same weights, used for the label conditioning). ``weights``: another
+    safetensors file of the same layout (e.g. :data:`cachedit.bundled.kontext.WEIGHTS_PATH`)."""
     import comfy.model_patcher
     from safetensors.torch import load_file
 
     cfg = D.load_config(D.config_path(arch))["transformer"]
-    state = load_file(D.weights_path(arch))
+    state = load_file(weights or D.weights_path(arch))
     sd = {k[len("transformer."):]: v.float() for k, v in state.items() if k.startswith("transformer.")}
     builders = {"flux": _flux_model, "qwen": _qwen_model, "wan": _wan_model}
     config, comfy_sd = builders[arch](cfg, sd)
@@ -101,15 +102,21 @@ def load_patcher(arch: str = "flux") -> Tuple[object, D.DigitsModel]:
     if missing or unexpected:
         raise RuntimeError(f"bundled {arch} weights do not fit ComfyUI's model: missing={missing} unexpected={unexpected}")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-    return patcher, D.load_model(arch)
+    if weights is None:
+        return patcher, D.load_model(arch)
+    bundled = D.load_state(D.build_model(D.load_config(D.config_path(arch))), weights)
+    for m in (bundled.transformer, bundled.label_embedder):
+        m.eval().requires_grad_(False)
+    return patcher, bundled
 
 
 def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: int = 28, cfg: float = 3.0, seed: int = 0,
              sampler: str = "euler", size: int = 16, sigmas: Optional[torch.Tensor] = None,
-             cond_options: Optional[dict] = None) -> torch.Tensor:
+             cond_options: Optional[dict] = None, uncond_options: Optional[dict] = None) -> torch.Tensor:
     """Sample like SamplerCustom (ComfyUI's sampler, the bundled schedule); images [B, 1, size, size] in [0, 1].
     `cond_options` go into both conditionings' options (e.g. {"control": a ControlNet}, as
-    ControlNetApplyAdvanced sets them).
+    ControlNetApplyAdvanced sets them), unless `uncond_options` is given for the negative (e.g. {}
+    for a ReferenceLatent on the positive only).
 
     The noise is the same ``randn([B, 1, size, size])`` (seeded CPU generator) as
     :func:`cachedit.bundled.digits.generate` starts from (one frame added for Wan / Qwen-Image).
@@ -121,9 +128,9 @@ def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: in
         cond = bundled.condition(labels)
         uncond = bundled.condition(torch.full_like(labels, D.NULL_LABEL))
 
-    def entry(c):
+    def entry(c, extra):
         options = {"pooled_output": c[1]} if c[1] is not None else {}
-        return [[c[0], {**options, **(cond_options or {})}]]
+        return [[c[0], {**options, **(extra or {})}]]
 
     noise = torch.randn((labels.shape[0], 1, size, size), generator=torch.Generator().manual_seed(seed))
     if bundled.arch != "flux":
@@ -131,8 +138,10 @@ def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: in
     if sigmas is None:
         sigmas = D.sigmas_schedule(steps, bundled.sigma_shift)
     with torch.inference_mode():
+        negative = entry(uncond, cond_options if uncond_options is None else uncond_options)
         out = comfy.sample.sample_custom(patcher, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
-                                         entry(cond), entry(uncond), torch.zeros_like(noise), disable_pbar=True, seed=seed)
+                                         entry(cond, cond_options), negative, torch.zeros_like(noise),
+                                         disable_pbar=True, seed=seed)
     latent = patcher.model.latent_format.process_in(out)  # undo ComfyUI's latent scaling
     if latent.ndim == 5:
         latent = latent.squeeze(2)
