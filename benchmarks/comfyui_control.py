@@ -15,7 +15,9 @@ projections random at std `size`) in `comfy.controlnet.ControlNet`, with a gener
 the hint. Either goes into both conditionings, as Apply ControlNet (advanced) puts it.
 
 Each bundled model in ComfyUI's own class, 28 Euler steps, CFG 3 batched, batch 8, seeds
-0..n-1, uncached and with `cachedit.enable_cache(patcher)`. Quality only (no timing): PSNR
+0..n-1, uncached and with `cachedit.enable_cache(patcher)`. `--positive-only`: the control on the
+positive alone, as the legacy Apply ControlNet node puts it (the two branches then run as separate
+calls of different form) -> benchmarks/results/comfyui_control_positive.md. Quality only (no timing): PSNR
 pooled over every image, the worst seed's, and the steps each generation computed. Writes
 benchmarks/results/comfyui_control.md. Wan has no ControlNet in ComfyUI (its VACE hints are
 added the same way; tests/test_block_injections.py covers that path with diffusers' keywords).
@@ -38,6 +40,10 @@ ROOT = os.path.dirname(HERE)
 CASES = (("none", 0.0, 1.0), ("stand-in", 0.3, 1.0), ("stand-in", 1.0, 1.0), ("stand-in", 0.3, 0.5), ("stand-in", 1.0, 0.5))
 FLUX_CASES = (("ControlNetFlux", 0.05, 1.0), ("ControlNetFlux", 0.01, 1.0), ("ControlNetFlux", 0.05, 0.5),
               ("ControlNetFlux", 0.01, 0.5))
+# `--positive-only`: the control on the positive conditioning alone (the legacy Apply ControlNet node):
+# the negative's calls then run without additions, apart from the positive's
+POSITIVE_CASES = (("stand-in", 0.3, 1.0), ("stand-in", 1.0, 1.0))
+FLUX_POSITIVE_CASES = (("ControlNetFlux", 0.05, 1.0), ("ControlNetFlux", 0.01, 1.0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,14 +127,18 @@ def controlnet_flux(patcher, bundled, size: float, end_percent: float = 1.0, see
     return control.set_cond_hint(hint * 2 - 1, 1.0, (0.0, end_percent))
 
 
-def run(arch: str, seeds: int, cases=None, steps: int = 28):
-    """Rows (arch, control, size, end percent, pooled PSNR, worst seed PSNR, computed steps per seed)."""
+def run(arch: str, seeds: int, cases=None, steps: int = 28, positive_only: bool = False):
+    """Rows (arch, control, size, end percent, pooled PSNR, worst seed PSNR, computed steps per seed);
+    `positive_only`: the control on the positive conditioning only (POSITIVE_CASES by default)."""
     import cachedit
     from cachedit.bundled import comfyui as bundled_comfy
 
     patcher, bundled = bundled_comfy.load_patcher(arch)
-    if cases is None:
+    if cases is None and positive_only:
+        cases = POSITIVE_CASES + (FLUX_POSITIVE_CASES if arch == "flux" else ())
+    elif cases is None:
         cases = CASES + (FLUX_CASES if arch == "flux" else ())
+    negative = {} if positive_only else None
     rows = []
     for kind, size, end in cases:
         if kind == "ControlNetFlux":
@@ -139,9 +149,10 @@ def run(arch: str, seeds: int, cases=None, steps: int = 28):
 
         def images(k):
             labels = torch.tensor([(8 * k + i) % 10 for i in range(8)])
-            reference = bundled_comfy.generate(patcher, bundled, labels, steps=steps, seed=k, cond_options=options)
+            reference = bundled_comfy.generate(patcher, bundled, labels, steps=steps, seed=k, cond_options=options,
+                                               uncond_options=negative)
             return bundled_comfy.generate(accelerated, bundled, labels, steps=steps, seed=k,
-                                          cond_options=options), reference
+                                          cond_options=options, uncond_options=negative), reference
 
         pooled, worst, computed = seeds_quality(accelerated, steps, seeds, images)
         cachedit.disable_cache(accelerated)
@@ -152,11 +163,19 @@ def run(arch: str, seeds: int, cases=None, steps: int = 28):
 
 
 def main(argv=None) -> None:
-    args, rows = comfyui_quality_rows(__doc__, argv, "flux,qwen", os.path.join(HERE, "results", "comfyui_control.md"), run)
-    lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet from 0% to the "
+    argv = list(sys.argv[1:] if argv is None else argv)
+    positive_only = "--positive-only" in argv
+    argv = [a for a in argv if a != "--positive-only"]
+    out = os.path.join(HERE, "results", "comfyui_control_positive.md" if positive_only else "comfyui_control.md")
+    args, rows = comfyui_quality_rows(__doc__, argv, "flux,qwen", out,
+                                      functools.partial(run, positive_only=positive_only))
+    where = ("on the positive conditioning only (the negative's calls without it, run apart)" if positive_only
+             else "on both conditionings")
+    lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH) with a ControlNet {where} from 0% to the "
              f"end percent, strength 1: the stand-in (`BlockResidualControl`, per-block residuals bounded at `size`) "
              f"or ComfyUI's ControlNetFlux (control projections at std `size`); bundled models in ComfyUI's own "
-             f"classes, 28 Euler steps, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; quality only (`!`: below "
+             f"classes, 28 Euler steps, CFG 3 ({'two calls per step' if positive_only else 'batched'}), batch 8, "
+             f"seeds 0-{args.seeds - 1}; quality only (`!`: below "
              f"40 dB)", "",
              "| model | control | size | end percent | PSNR dB pooled | worst seed | steps computed per seed |",
              "|---|---|---|---|---|---|---|"]
