@@ -407,3 +407,102 @@ def test_feedback_spans_follow_the_noise_level_when_the_steps_are_known():
     expected = [sigmas[i - 1] - sigmas[i] for i in range(2, steps)]  # step 1 is the first one with a probe
     assert spans[:2] == [None, None] and spans[2:] == pytest.approx(expected, rel=1e-4)
     assert max(expected) / min(expected) > 5  # not the step count's uniform 1 / 19
+
+
+def test_the_branches_of_one_step_count_once_as_the_worst():
+    """Separate CFG calls observe their errors one after the other; one step's pairs count once, as
+    the largest ratio (a batched call's pair is already its worst image's). Pairs without a step,
+    or of another step, are smoothed in as before."""
+    fb = ErrorFeedback(budget=0.1, initial_threshold=0.24)
+    fb.observe(gap=2, progress=0.5, error=0.05, diff=0.1, step=(0, 4))  # ratio 0.5
+    fb.observe(gap=2, progress=0.5, error=0.2, diff=0.1, step=(0, 4))  # the other branch: 2.0 replaces it
+    assert fb.ratio(2, 0.5) == pytest.approx(2.0) and fb.observations == 1
+    fb.observe(gap=2, progress=0.5, error=0.01, diff=0.1, step=(0, 4))  # smaller: the worst is already in
+    assert fb.ratio(2, 0.5) == pytest.approx(2.0)
+    fb.observe(gap=2, progress=0.55, error=0.05, diff=0.1, step=(0, 6))  # the next step: smoothed with 2.0
+    assert fb.ratio(2, 0.5) == pytest.approx(1.0) and fb.observations == 2
+    fb.observe(gap=2, progress=0.55, error=0.4, diff=0.1, step=(0, 6))  # its worse branch: 2.0 smoothed with 4.0
+    assert fb.ratio(2, 0.5) == pytest.approx(math.sqrt(8.0)) and fb.observations == 2
+    fb.observe(gap=2, progress=0.55, error=0.05, diff=0.1, step=(1, 6))  # another run's step 6
+    assert fb.ratio(2, 0.5) == pytest.approx(math.exp(0.5 * math.log(math.sqrt(8.0)) + 0.5 * math.log(0.5)))
+    fb.observe(gap=2, progress=0.55, error=0.4, diff=0.1)  # no step: smoothed
+    fb.observe(gap=2, progress=0.55, error=0.4, diff=0.1)
+    assert fb.observations == 5
+
+
+def test_uneven_branches_scale_the_budget():
+    """A run whose CFG branches run inputs of different form gets UNEVEN_BRANCHES_SCALE of the
+    budget (with the guidance's scale on top), and of the threshold used before a measurement."""
+    from cachedit.manager.feedback import UNEVEN_BRANCHES_SCALE
+
+    fb = ErrorFeedback(budget=0.2, initial_threshold=0.24)
+    fb.uneven_branches = True
+    assert fb.run_budget() == pytest.approx(0.2 * UNEVEN_BRANCHES_SCALE)
+    assert fb.threshold_at(1, 0.5) == pytest.approx(0.24 * UNEVEN_BRANCHES_SCALE)
+    fb.guidance = 6.0
+    assert fb.run_budget() == pytest.approx(0.2 * UNEVEN_BRANCHES_SCALE * 0.5)
+    fb.observe(gap=1, progress=0.5, error=0.05, diff=0.1)  # ratio 0.5
+    assert fb.threshold_at(1, 0.5) == pytest.approx(0.2 * UNEVEN_BRANCHES_SCALE * 0.5 / 0.5)
+
+
+def _kontext_separate_run(model, steps: int, ref_on_uncond: bool, seed: int = 0) -> None:
+    """Euler, CFG 3 as two calls per step: the positive with the reference tokens appended, the
+    negative with them (alike) or without (uneven: 64 image tokens against 128)."""
+    from cachedit.bundled import archs as A
+    from cachedit.bundled import digits as D
+    from cachedit.bundled import kontext as K
+
+    images, labels = D.digits_dataset()
+    ref = A.pack_images(images[:1] * 2 - 1)
+    x = A.initial_latents("flux", 1, seed)
+    sigmas = D.sigmas_schedule(steps, 1.0)
+    cond, uncond = model.condition(labels[:1]), model.condition(torch.tensor([D.NULL_LABEL]))
+    t = model.transformer
+    with torch.no_grad():
+        for i in range(steps):
+            s = float(sigmas[i])
+            v_c = t(**K.transformer_kwargs(x, s, cond, ref))[0][:, :K.IMAGE_TOKENS]
+            if ref_on_uncond:
+                v_u = t(**K.transformer_kwargs(x, s, uncond, ref))[0][:, :K.IMAGE_TOKENS]
+            else:
+                v_u = t(**A.transformer_kwargs("flux", x, s, uncond))[0]
+            x = x + (float(sigmas[i + 1]) - s) * (v_u + 3.0 * (v_c - v_u))
+
+
+def test_separate_branches_calibrate_against_the_leads_change_and_uneven_ones_cut_the_budget():
+    """Separate CFG calls follow the first one's decision, so every branch's measured error is
+    paired with the change that decision read (the lead's), and one step's pairs count once, as
+    the worst. When the branches' hidden streams differ in form (a Kontext reference on the
+    positive only: 128 tokens against 64), the run's budget is cut to UNEVEN_BRANCHES_SCALE of it;
+    the next run with the reference on both branches has the budget back."""
+    from cachedit.bundled import kontext as K
+    from cachedit.manager.feedback import UNEVEN_BRANCHES_SCALE
+
+    model = K.load_model()
+    cachedit.enable_cache(model.transformer)
+    engine = cachedit.get_manager().entry(model.transformer).engine
+    observed, decided = [], {}
+    original = engine.feedback.observe
+
+    def observe(gap, progress, error, diff, provisional=False, step=None):
+        observed.append((step, diff))
+        return original(gap, progress, error, diff, provisional=provisional, step=step)
+
+    def on_computed(key, **p):
+        decided.setdefault(p["step"], p["diff"])  # the first branch to decide: the lead
+
+    engine.feedback.observe = observe
+    bus.step_computed.connect(on_computed, weak=False)
+    try:
+        _kontext_separate_run(model, 28, ref_on_uncond=False)
+        s = cachedit.summary(model.transformer, logging=False)[0]
+        assert s.error_budget == pytest.approx(0.15 * UNEVEN_BRANCHES_SCALE)  # enabled alone: steps unknown
+        assert s.cached_steps == s.cfg_cached_steps and len(s.cached_steps) >= 8
+        steps = [st for st, _ in observed if st is not None]
+        assert len(steps) >= 8 and all(steps.count(st) == 2 for st in set(steps))  # both branches, each step
+        assert all(diff == pytest.approx(decided[st[1]]) for st, diff in observed)  # the lead's change
+        _kontext_separate_run(model, 28, ref_on_uncond=True, seed=1)
+        assert cachedit.summary(model.transformer, logging=False)[0].error_budget == pytest.approx(0.15)
+    finally:
+        bus.step_computed.disconnect(on_computed)
+        cachedit.disable_cache(model.transformer)

@@ -173,8 +173,9 @@ class Decider:
         record.error = error
         if branch.noisy:
             return  # the sampler adds noise: this error says nothing about the model's other runs
-        self.feedback.observe(branch.computed_gap, branch.computed_progress, error, record.diff,
-                              provisional=branch.error_provisional)
+        diff = branch.computed_lead_diff if branch.computed_lead_diff is not None else record.diff
+        self.feedback.observe(branch.computed_gap, branch.computed_progress, error, diff,
+                              provisional=branch.error_provisional, step=(branch.computed_run, record.step))
         if bus.error_measured.receivers:
             fb = self.feedback
             bus.error_measured.send(self.key, name=self.name, step=record.step, branch=record.branch, error=error,
@@ -207,9 +208,15 @@ class Decider:
         if decision.recorded is not None:
             branch.record_diff(step, decision.recorded)
         reuse = decision.reuse and outcome["can_reuse"]
+        recorded = branch.residual_diffs.get(str(step), decision.diff)
+        lead_diff = recorded
         if self.follow_lead:
             lead = call.run.lead_reuse.setdefault(step, reuse)  # the first branch to decide at this step leads
             reuse = lead and outcome["can_reuse"]
+            lead_diff = call.run.lead_diff.setdefault(step, recorded)
+            form = (tuple(call.probe_base.shape) if call.probe_base is not None else None, call.injected)
+            if call.run.lead_form.setdefault(step, form) != form and self.feedback is not None:
+                self.feedback.uneven_branches = True
         run_record = call.run.record
         if branch.noisy and run_record.noisy_from is None:
             run_record.noisy_from = step
@@ -217,7 +224,6 @@ class Decider:
             reuse = False  # the sampler adds noise each step: a reuse would change the image (sampler_noise.py)
         call.decided = True
         call.reuse = reuse
-        recorded = branch.residual_diffs.get(str(step), decision.diff)
         record = StepRecord(step, branch.index, reuse, recorded, threshold)
         call.run.record.steps.append(record)
         if reuse:
@@ -225,6 +231,11 @@ class Decider:
         else:
             branch.computed_gap = step - branch.last_computed_step if branch.last_computed_step >= 0 else 0
             branch.computed_progress = call.noise_progress
+            branch.computed_run = call.run.index
+            # The error a reuse would have made here is calibrated against the change the step's decision
+            # read: the lead's, when the branches follow it (a branch that changes more than the lead
+            # then reads as a larger error per unit of change, and the lead's threshold drops)
+            branch.computed_lead_diff = lead_diff
             branch.last_computed_step = step
             branch.computed_record = record
         signal = bus.cache_hit if reuse else bus.step_computed

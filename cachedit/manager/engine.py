@@ -125,6 +125,7 @@ class CacheEngine:
             if guidance is None and piped is not None:
                 guidance = piped.guidance
             self.feedback.guidance = guidance
+            self.feedback.uneven_branches = False  # until this run's branches show otherwise (decisions.py)
         if self.base_options.preset is None:
             return
         info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)

@@ -51,12 +51,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Hashable, Optional, Tuple
 
 BUCKETS = 4  # sampling progress is split in this many parts
 REF_SPAN = 1.0 / 28  # the step span the budget is stated for (a uniform 28-step run)
 SPAN_SCALE = (0.5, 2.0)  # bounds of sqrt(REF_SPAN / span)
 REF_GUIDANCE = 3.0  # the CFG scale the budget is stated for (and every lower one)
+UNEVEN_BRANCHES_SCALE = 0.33  # the budget's share when a step's CFG branches run different inputs
 
 
 def bucket_of(progress: float) -> int:
@@ -75,10 +76,12 @@ class ErrorFeedback:
     observations: int = 0
     span: Optional[float] = None  # progress between the last two steps decided (None: not known yet)
     guidance: Optional[float] = None  # this run's CFG scale (None: not known, or no CFG)
+    uneven_branches: bool = False  # this run's CFG branches differ in form (see run_budget)
     _progress: Optional[float] = None  # progress of the last step decided
     _tables: Dict[int, Dict[Tuple[int, int], float]] = dataclasses.field(default_factory=dict)  # order -> log_ratios
     _predictor: Optional[int] = None  # the TaylorSeer order `log_ratios` belongs to (None: not said yet)
     provisional: Dict[Tuple[int, int], float] = dataclasses.field(default_factory=dict)  # one-point forecasts' log ratios
+    _last_pair: Optional[tuple] = None  # (step, key, provisional, table value before it, log ratio): see observe
 
     def use_predictor(self, order: int) -> None:
         """Calibrate for reuses predicted with TaylorSeer `order` (0: the last residual) from now
@@ -86,19 +89,32 @@ class ErrorFeedback:
         if self._predictor is not None and self._predictor != order:
             self._tables[self._predictor] = self.log_ratios
             self.log_ratios = self._tables.pop(order, {})
+            self._last_pair = None
         self._predictor = order
 
-    def observe(self, gap: int, progress: float, error: float, diff: Optional[float], provisional: bool = False) -> None:
+    def observe(self, gap: int, progress: float, error: float, diff: Optional[float], provisional: bool = False,
+                step: Optional[Hashable] = None) -> None:
         """Take one measured (error, probe change) pair over `gap` steps at sampling `progress`
-        (`provisional`: a one-point forecast's, used only while no real pair is known)."""
+        (`provisional`: a one-point forecast's, used only while no real pair is known). Pairs of one
+        `step` (its CFG branches as separate calls, observed one after the other) count once, as the
+        largest ratio: a batched call's pair is already its worst image's, cond or uncond, and
+        averaging the branches let the one that reuses worse (an uncond branch without the
+        positive's reference image or ControlNet) run over the budget."""
         if gap < 1 or diff is None or not diff > 0.0 or not error > 0.0 or not math.isfinite(error):
             return
-        self.observations += 1
         sample = math.log(error / diff)
         key = (gap, bucket_of(progress))
         table = self.provisional if provisional else self.log_ratios
-        old = table.get(key)
+        last = self._last_pair
+        if step is not None and last is not None and last[:3] == (step, key, provisional):
+            if sample <= last[4]:
+                return  # this step's worst is already in
+            old = last[3]  # the table before this step's first pair: replace that pair with this one
+        else:
+            self.observations += 1
+            old = table.get(key)
         table[key] = sample if old is None else old + self.smoothing * (sample - old)
+        self._last_pair = (step, key, provisional, old, sample) if step is not None else None
 
     def ratio(self, gap: int, progress: float) -> Optional[float]:
         """Expected error per unit of probe change over `gap` steps at `progress` (None: nothing
@@ -140,16 +156,26 @@ class ErrorFeedback:
         return REF_GUIDANCE / g if g is not None and math.isfinite(g) and g > REF_GUIDANCE else 1.0
 
     def run_budget(self) -> float:
-        """The budget of this run's reuses at the reference step span (the guidance applied)."""
-        return self.budget * self.guidance_scale()
+        """The budget of this run's reuses at the reference step span (the guidance applied).
+
+        Halved when the run's CFG branches run inputs of different form (separate calls whose
+        hidden streams differ in length or in additions between blocks: a reference image or a
+        ControlNet on the positive only): their reuse errors then no longer cancel in
+        v_uncond + g * (v_cond - v_uncond), and per-branch errors within the budget moved the
+        image 2-3x more than where the branches are alike."""
+        return self.budget * self.budget_scale()
+
+    def budget_scale(self) -> float:
+        """What this run's guidance and branches make of the budget (see run_budget)."""
+        return self.guidance_scale() * (UNEVEN_BRANCHES_SCALE if self.uneven_branches else 1.0)
 
     def threshold_at(self, gap: int, progress: float, span: Optional[float] = None) -> float:
         """The probe change below which a reuse at `gap` steps, used for a step of `span`, keeps
         within the budget (no state changes). Before any measurement: the configured threshold,
-        scaled down by the guidance as the budget is."""
+        scaled down by the guidance and uneven branches as the budget is."""
         r = self.ratio(gap, progress)
         if r is None:
-            return self.initial_threshold * self.guidance_scale()
+            return self.initial_threshold * self.budget_scale()
         return self.run_budget() * self.span_scale(span) / r
 
     def threshold(self, gap: int, progress: float) -> float:

@@ -65,6 +65,8 @@ class BranchState:
     computed_record: Optional[StepRecord] = None
     computed_gap: int = 0  # steps between the last computed step and the one before it
     computed_progress: float = 0.0  # noise progress (error feedback's) at the last computed step
+    computed_run: int = -1  # the run of the last computed step (its error is that step's, with other branches')
+    computed_lead_diff: Optional[float] = None  # the probe change the last computed step's decision was made on
     step_progress: Optional[float] = None  # progress of the latest step seen (foresees the final step)
     progress_step: int = -1  # the step `step_progress` belongs to
     error_sums: Optional[List[torch.Tensor]] = None  # per batch element [sum |reused - computed|, sum |output|], on device
@@ -153,6 +155,8 @@ class RunState:
     executed_calls: int = 0
     forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
     lead_reuse: Dict[int, bool] = dataclasses.field(default_factory=dict)  # step -> its first branch's decision
+    lead_diff: Dict[int, Optional[float]] = dataclasses.field(default_factory=dict)  # step -> its first branch's probe change
+    lead_form: Dict[int, tuple] = dataclasses.field(default_factory=dict)  # step -> its first branch's (probe shape, additions)
 
     def __post_init__(self) -> None:
         if self.record is None:
