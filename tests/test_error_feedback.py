@@ -491,8 +491,14 @@ def test_separate_branches_calibrate_against_the_leads_change_and_uneven_ones_cu
     def on_computed(key, **p):
         decided.setdefault(p["step"], p["diff"])  # the first branch to decide: the lead
 
+    finished = []
+
+    def on_finished(key, **p):
+        finished.append(p["uneven_branches"])
+
     engine.feedback.observe = observe
     bus.step_computed.connect(on_computed, weak=False)
+    bus.run_finished.connect(on_finished, weak=False)
     try:
         _kontext_separate_run(model, 28, ref_on_uncond=False)
         s = cachedit.summary(model.transformer, logging=False)[0]
@@ -503,6 +509,9 @@ def test_separate_branches_calibrate_against_the_leads_change_and_uneven_ones_cu
         assert all(diff == pytest.approx(decided[st[1]]) for st, diff in observed)  # the lead's change
         _kontext_separate_run(model, 28, ref_on_uncond=True, seed=1)
         assert cachedit.summary(model.transformer, logging=False)[0].error_budget == pytest.approx(0.15)
+        cachedit.refresh_context(model.transformer)  # ends the second run: its run_finished
+        assert finished == [f"budget x{UNEVEN_BRANCHES_SCALE:g}", None]  # what the debug log's run line says
     finally:
+        bus.run_finished.disconnect(on_finished)
         bus.step_computed.disconnect(on_computed)
         cachedit.disable_cache(model.transformer)

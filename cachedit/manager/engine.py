@@ -30,7 +30,7 @@ from .buffers import ProbeBuffers, tensor_version
 from .calls import CallPlacer, CallRequest, CallState, DeferredScalar, Timestep
 from .decisions import Decider, Measured
 from .distributed import DecisionGroup
-from .feedback import ErrorFeedback
+from .feedback import UNEVEN_BRANCHES_SCALE, ErrorFeedback
 from .guidance import PipelineRun
 from .layout import BlockLayout
 from .placement import CachePlacement, bytes_by_device
@@ -100,7 +100,9 @@ class CacheEngine:
         return {"options": self.options, "middle_share": self.layout.middle_share, "family": self.family,
                 "setting": setting, "cache_bytes_by_device": self.buffer_bytes_by_device(run),
                 "error_budget": self.run_budget(),
-                "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None}
+                "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None,
+                "uneven_branches": (f"budget x{UNEVEN_BRANCHES_SCALE:g}"
+                                    if fb is not None and fb.uneven_branches else None)}
 
     def run_budget(self) -> Optional[float]:
         """The error budget of the current/last run (the CFG scale applied), None without feedback."""
