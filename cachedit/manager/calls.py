@@ -79,6 +79,11 @@ class CallRequest:
     # Wan VACE hints, ComfyUI "double_block" patches): segments cache their blocks' own residuals
     # and a reused step lets those additions through fresh (protocol.py).
     injected: bool = False
+    # What gives this call's hidden stream its form besides the latent, when the caller knows it
+    # (ComfyUI: the shapes of the reference latents Flux Kontext / Qwen-Image-Edit append); None:
+    # the hidden stream's shape stands for it. CFG branches of different form get a cut budget
+    # (feedback.UNEVEN_BRANCHES_SCALE); a text prompt's length is not a difference of form.
+    form: Optional[tuple] = None
 
 
 class CallState:
@@ -86,7 +91,7 @@ class CallState:
 
     __slots__ = ("pending", "run", "step", "branch", "branch_key", "reuse", "decided", "probe_base",
                  "probe_base_version", "probe_owned", "seg_in", "seg_in_versions", "seg_out", "progress", "timestep",
-                 "final", "pruned", "noise_progress", "model_input", "injected", "seg_acc")
+                 "final", "pruned", "noise_progress", "model_input", "injected", "seg_acc", "form")
 
     def __init__(self, request: CallRequest) -> None:
         self.pending: Optional[CallRequest] = request  # until placed
@@ -109,6 +114,7 @@ class CallState:
         self.pruned = 0  # DBPrune: blocks pruned in this call
         self.model_input: Optional[torch.Tensor] = request.model_input
         self.injected = request.injected
+        self.form = request.form
         self.seg_acc: Dict[int, torch.Tensor] = {}  # injected computed calls: sum of the segment's block residuals so far
 
 

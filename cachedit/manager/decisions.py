@@ -214,7 +214,9 @@ class Decider:
             lead = call.run.lead_reuse.setdefault(step, reuse)  # the first branch to decide at this step leads
             reuse = lead and outcome["can_reuse"]
             lead_diff = call.run.lead_diff.setdefault(step, recorded)
-            form = (tuple(call.probe_base.shape) if call.probe_base is not None else None, call.injected)
+            shape = call.form if call.form is not None else (
+                tuple(call.probe_base.shape) if call.probe_base is not None else None)
+            form = (shape, call.injected)
             if call.run.lead_form.setdefault(step, form) != form and self.feedback is not None:
                 self.feedback.uneven_branches = True
         run_record = call.run.record

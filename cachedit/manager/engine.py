@@ -209,17 +209,19 @@ class CacheEngine:
     def begin_call(self, timestep: Timestep, branch_key: Optional[Hashable], signature: tuple, *,
                    total_steps: Optional[int] = None, step_index: Optional[int] = None,
                    progress: Optional[float] = None, noise_progress: Optional[float] = None,
-                   model_input: Optional[torch.Tensor] = None, injected: bool = False) -> Optional[CallState]:
+                   model_input: Optional[torch.Tensor] = None, injected: bool = False,
+                   form: Optional[tuple] = None) -> Optional[CallState]:
         """Open a call; None when the engine is disabled. A float/None timestep places the call in
         its run/step/branch now; a DeferredScalar one when the decision needs it (`place`).
         `progress`: the caller's own sampling progress (see CallRequest), else counted in steps;
         `noise_progress`: how far the noise level has come (error feedback's spans, CallRequest);
         `model_input`: the latent the sampler gave the model (sampler_noise.py); `injected`: the
-        model adds something between its blocks in this call (CallRequest.injected)."""
+        model adds something between its blocks in this call (CallRequest.injected); `form`: what
+        shapes its hidden stream besides the latent (CallRequest.form)."""
         if not self.enabled:
             return None
         call = CallState(CallRequest(timestep, branch_key, signature, total_steps, step_index, progress, noise_progress,
-                                     model_input, injected))
+                                     model_input, injected, form))
         self.current = call
         if not isinstance(timestep, DeferredScalar) or self.layout.fn == 0 or self.layout.step_level:
             self.placer.place(call)

@@ -175,6 +175,18 @@ def _adds_between_blocks(args: tuple, kwargs: dict, transformer_options: dict) -
             or bool(transformer_options.get("patches", {}).get("double_block")))
 
 
+def _reference_form(kwargs: dict) -> tuple:
+    """The shapes of the reference latents this call appends to its image tokens (Flux Kontext,
+    Qwen-Image-Edit: `ref_latents` from ReferenceLatent / TextEncodeQwenImageEdit), () without:
+    what makes the CFG branches' hidden streams differ in form. Not the hidden stream's length,
+    which also differs with the prompts' when a model runs text and image tokens as one stream
+    (Lumina2) and ComfyUI cannot batch the two prompts."""
+    refs = kwargs.get("ref_latents")
+    if not isinstance(refs, (list, tuple)):
+        return ()
+    return tuple(tuple(r.shape) for r in refs if isinstance(r, torch.Tensor))
+
+
 def _apply_model_wrapper(handle: _Handle) -> Callable:
     engine = handle.engine
 
@@ -196,7 +208,8 @@ def _apply_model_wrapper(handle: _Handle) -> Callable:
         call = engine.begin_call(sigma, _branch_key(to), (tuple(x.shape), x.dtype, x.device),
                                  total_steps=total, step_index=step, progress=progress,
                                  noise_progress=handle.progress.noise_progress(sampling, sigma, _span_start(handle)),
-                                 model_input=x, injected=_adds_between_blocks(args, kwargs, to))
+                                 model_input=x, injected=_adds_between_blocks(args, kwargs, to),
+                                 form=_reference_form(kwargs))
         if call is None:
             return executor(*args, **kwargs)
         if engine.step_level and sigma and isinstance(t, torch.Tensor):
