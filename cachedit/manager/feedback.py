@@ -57,7 +57,7 @@ BUCKETS = 4  # sampling progress is split in this many parts
 REF_SPAN = 1.0 / 28  # the step span the budget is stated for (a uniform 28-step run)
 SPAN_SCALE = (0.5, 2.0)  # bounds of sqrt(REF_SPAN / span)
 REF_GUIDANCE = 3.0  # the CFG scale the budget is stated for (and every lower one)
-UNEVEN_BRANCHES_SCALE = 0.33  # the budget's share when a step's CFG branches run different inputs
+UNEVEN_BRANCHES_SCALE = 0.25  # the budget's share when a step's CFG branches run different inputs
 
 
 def bucket_of(progress: float) -> int:

@@ -17,8 +17,8 @@ def test_default_keeps_quality_on_a_kontext_style_edit(comfy_harness):
     for name, on, cfg, pooled, worst, computed, acc_uncached, acc_cached in rows:
         assert acc_uncached == 1.0 and acc_cached == 1.0, (on, acc_uncached, acc_cached)  # the model does the edit
         assert pooled >= 40.0, (on, pooled)
-        # still reuses: the uneven branches' cut budget computes more (15 of 28 on this first, uncalibrated run)
-        assert computed[0] <= (12 if on == "both" else 16), (on, computed)
+        # still reuses: the uneven branches' cut budget computes more (15-16 of 28 on this first, uncalibrated run)
+        assert computed[0] <= (12 if on == "both" else 18), (on, computed)
 
 
 def _budget_after_run(comfy_harness, arch: str, positive, negative, steps: int = 10):
