@@ -260,6 +260,19 @@ def lr_at(step: int, args) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * frac))
 
 
+def apply_update(opt: torch.optim.Optimizer, params: list, ema_params: list, loss: torch.Tensor, step: int,
+                 ema_decay: float) -> None:
+    """One optimizer step on `loss` (gradients clipped at norm 1), then the EMA weights follow
+    (decay warmed up as (1 + step) / (10 + step), at most `ema_decay`)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+
+
 def train(args) -> tuple[D.DigitsModel, dict, float]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -304,14 +317,7 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
             g["lr"] = lr_at(step, args)
         pred = model.transformer(**A.transformer_kwargs(args.arch, xt, s, model.label_embedder(y)))[0]
         loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
-        decay = min(args.ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+        apply_update(opt, params, ema_params, loss, step, args.ema_decay)
 
         loss_val = float(loss.detach())
         running = loss_val if running is None else 0.98 * running + 0.02 * loss_val

@@ -36,6 +36,7 @@ from cachedit.bundled import archs as A  # noqa: E402
 from cachedit.bundled import digits as D  # noqa: E402
 from cachedit.bundled import kontext as K  # noqa: E402
 from cachedit.bundled.metrics import digit_accuracy  # noqa: E402
+from scripts.train_bundled import apply_update, lr_at  # noqa: E402  (warmup + cosine, the update step)
 
 
 def parse_args(argv=None):
@@ -53,13 +54,6 @@ def parse_args(argv=None):
     p.add_argument("--eval-images", type=int, default=80)
     p.add_argument("--log-every", type=int, default=25)
     return p.parse_args(argv)
-
-
-def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * frac))
 
 
 def train(args):
@@ -91,13 +85,7 @@ def train(args):
             g["lr"] = lr_at(step, args)
         pred = model.transformer(**K.transformer_kwargs(xt, s, model.label_embedder(y), ref))[0][:, :K.IMAGE_TOKENS]
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
+        apply_update(opt, params, ema_params, loss, step, args.ema_decay)
         loss_val = float(loss.detach())
         running = loss_val if running is None else 0.96 * running + 0.04 * loss_val
         if step % args.log_every == 0 or step == args.steps - 1:
