@@ -44,6 +44,20 @@ def step_ranges(steps: Iterable[int]) -> str:
     return ", ".join(out)
 
 
+def _budget_reasons(feedback: Any) -> tuple:
+    """(English, Chinese) words for what lowered this run's budget (feedback.py): a CFG scale
+    above 3, CFG branches whose inputs differ in form."""
+    en: List[str] = []
+    zh: List[str] = []
+    if feedback.guidance_scale() < 1.0:
+        en.append(f"at CFG {feedback.guidance:g}")
+        zh.append(f"CFG {feedback.guidance:g} ")
+    if feedback.uneven_branches:
+        en.append("with CFG branches of different inputs")
+        zh.append("正负条件输入不同")
+    return " and ".join(en), "且".join(zh)
+
+
 def _settings(engine: Any) -> tuple:
     """(English, Chinese) one-line description of the settings the engine runs with."""
     options = engine.options
@@ -56,10 +70,10 @@ def _settings(engine: Any) -> tuple:
         zh.append(f"变化低于 {cfg.residual_diff_threshold:g} 时复用")
     elif options.strategy == "adaptive":
         run_budget = engine.run_budget()
-        if run_budget is not None and run_budget < budget:  # a high CFG scale lowered it (feedback.py)
-            g = engine.feedback.guidance
-            en.append(f"error budget {budget:g}, {run_budget:.3g} at CFG {g:g} (the threshold follows the measured error)")
-            zh.append(f"误差预算 {budget:g}，CFG {g:g} 时为 {run_budget:.3g}（阈值随实测误差调整）")
+        if run_budget is not None and run_budget < budget:  # a high CFG scale or uneven branches lowered it
+            why_en, why_zh = _budget_reasons(engine.feedback)
+            en.append(f"error budget {budget:g}, {run_budget:.3g} {why_en} (the threshold follows the measured error)")
+            zh.append(f"误差预算 {budget:g}，{why_zh}时为 {run_budget:.3g}（阈值随实测误差调整）")
         else:
             en.append(f"error budget {budget:g} (the threshold follows the measured error)")
             zh.append(f"误差预算 {budget:g}（阈值随实测误差调整）")

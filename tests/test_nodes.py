@@ -305,3 +305,32 @@ def test_chart_shows_measured_error_against_the_budget():
     assert max(red_rows(with_budget)) > max(red_rows(without)) + 40  # drawn in a panel below the change panel
     fixed = [S(step=s.step, branch=s.branch, reused=s.reused, diff=None, threshold=None) for s in steps]
     assert chart.render_chart(fixed, "", 12, budget=None).size == (chart.WIDTH, chart.HEIGHT)  # no error attribute
+
+
+@pytest.mark.parametrize("guidance, uneven, en, zh", [
+    (6.0, False, "error budget 0.15, 0.075 at CFG 6 (", "误差预算 0.15，CFG 6 时为 0.075"),
+    (None, True, "error budget 0.15, 0.0375 with CFG branches of different inputs (", "误差预算 0.15，正负条件输入不同时为 0.0375"),
+    (6.0, True, "error budget 0.15, 0.0187 at CFG 6 and with CFG branches of different inputs (",
+     "误差预算 0.15，CFG 6 且正负条件输入不同时为 0.0187"),
+    (None, False, "error budget 0.15 (", "误差预算 0.15（"),
+])
+def test_stats_node_says_what_lowered_the_budget(guidance, uneven, en, zh):
+    """The Detailed Stats settings line names why a run's budget is below the configured one: a CFG
+    scale above 3, CFG branches of different form, or both (the guidance is unknown, None, on a
+    transformer enabled alone: the line must not need it)."""
+    import cachedit
+    from conftest import make_tiny_flux
+
+    spec = importlib.util.spec_from_file_location("cachedit_pack_summary_unit", os.path.join(REPO, "nodes", "summary.py"))
+    summary = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = summary  # its dataclasses look their module up
+    spec.loader.exec_module(summary)
+    model = make_tiny_flux()
+    cachedit.enable_cache(model)
+    try:
+        engine = cachedit.get_manager().entry(model).engine
+        engine.feedback.guidance, engine.feedback.uneven_branches = guidance, uneven
+        line_en, line_zh = summary._settings(engine)
+        assert en in line_en and zh in line_zh, (line_en, line_zh)
+    finally:
+        cachedit.disable_cache(model)
