@@ -102,12 +102,7 @@ def load_patcher(arch: str = "flux", weights: Optional[str] = None) -> Tuple[obj
     if missing or unexpected:
         raise RuntimeError(f"bundled {arch} weights do not fit ComfyUI's model: missing={missing} unexpected={unexpected}")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-    if weights is None:
-        return patcher, D.load_model(arch)
-    bundled = D.load_state(D.build_model(D.load_config(D.config_path(arch))), weights)
-    for m in (bundled.transformer, bundled.label_embedder):
-        m.eval().requires_grad_(False)
-    return patcher, bundled
+    return patcher, D.load_model(arch, weights=weights)
 
 
 def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: int = 28, cfg: float = 3.0, seed: int = 0,

@@ -191,12 +191,13 @@ def load_state(model: DigitsModel, path: str) -> DigitsModel:
 
 
 def load_model(arch: str = "flux", dtype: torch.dtype = torch.float32,
-               device: Union[str, torch.device] = "cpu") -> DigitsModel:
-    """Load the committed trained weights of ``arch`` (one of :data:`ARCHS` or :data:`HELDOUT_ARCHS`); modules are in
-    eval mode with ``requires_grad=False``."""
+               device: Union[str, torch.device] = "cpu", weights: Optional[str] = None) -> DigitsModel:
+    """Load the committed trained weights of ``arch`` (one of :data:`ARCHS` or :data:`HELDOUT_ARCHS`), or another
+    file of that layout (``weights``: e.g. the Kontext-style model's); modules are in eval mode with
+    ``requires_grad=False``."""
     if not isinstance(arch, str):
         raise TypeError(f"load_model(arch, dtype, device): arch must be one of {ARCHS + HELDOUT_ARCHS}, got {arch!r}")
-    model = load_state(build_model(load_config(config_path(arch))), weights_path(arch))
+    model = load_state(build_model(load_config(config_path(arch))), weights or weights_path(arch))
     for m in (model.transformer, model.label_embedder):
         m.to(device=device)
         if dtype != torch.float32:

@@ -53,21 +53,15 @@ def transformer_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: A.Con
                        ref_latents: Tensor) -> Dict[str, Any]:
     """Keyword arguments of a FluxTransformer2DModel call with reference tokens ([B, 64, 4] packed each)."""
     ehs, pooled = cond
-    if ref_latents.shape[0] != latents.shape[0]:
-        ref_latents = ref_latents.expand(latents.shape[0], -1, -1) if ref_latents.shape[0] == 1 else \
-            ref_latents.repeat(latents.shape[0] // ref_latents.shape[0], 1, 1)
+    refs = ref_latents.to(latents.dtype).expand(latents.shape[0], -1, -1)  # one reference for the batch, or one each
     ids, txt_ids = _ids(ehs.shape[1], latents.device, latents.dtype)
-    sigma_t = sigma if torch.is_tensor(sigma) else torch.full((latents.shape[0],), float(sigma), dtype=latents.dtype)
-    return dict(hidden_states=torch.cat([latents, ref_latents.to(latents.dtype)], dim=1), encoder_hidden_states=ehs,
-                pooled_projections=pooled, timestep=sigma_t, img_ids=ids, txt_ids=txt_ids, return_dict=False)
+    return dict(hidden_states=torch.cat([latents, refs], dim=1), encoder_hidden_states=ehs, pooled_projections=pooled,
+                timestep=A._timestep(sigma, latents.shape[0], latents), img_ids=ids, txt_ids=txt_ids, return_dict=False)
 
 
 def load_model(dtype: torch.dtype = torch.float32, weights: str = WEIGHTS_PATH) -> D.DigitsModel:
     """The committed Kontext-style weights (or ``weights``) as a DigitsModel (eval mode, no grad)."""
-    model = D.load_state(D.build_model(D.load_config(D.config_path("flux"))), weights)
-    for m in (model.transformer, model.label_embedder):
-        m.to(dtype=dtype).eval().requires_grad_(False)
-    return model
+    return D.load_model("flux", dtype, weights=weights)
 
 
 def generate(model: D.DigitsModel, ref_images: Tensor, labels: Union[Sequence[int], Tensor], num_steps: int = 28,

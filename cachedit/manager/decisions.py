@@ -211,13 +211,13 @@ class Decider:
         recorded = branch.residual_diffs.get(str(step), decision.diff)
         lead_diff = recorded
         if self.follow_lead:
-            lead = call.run.lead_reuse.setdefault(step, reuse)  # the first branch to decide at this step leads
-            reuse = lead and outcome["can_reuse"]
-            lead_diff = call.run.lead_diff.setdefault(step, recorded)
             shape = call.form if call.form is not None else (
                 tuple(call.probe_base.shape) if call.probe_base is not None else None)
             form = (shape, call.injected)
-            if call.run.lead_form.setdefault(step, form) != form and self.feedback is not None:
+            # the first branch to decide at this step leads
+            lead, lead_diff, lead_form = call.run.leads.setdefault(step, (reuse, recorded, form))
+            reuse = lead and outcome["can_reuse"]
+            if lead_form != form and self.feedback is not None:
                 self.feedback.uneven_branches = True
         run_record = call.run.record
         if branch.noisy and run_record.noisy_from is None:

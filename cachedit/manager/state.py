@@ -154,9 +154,8 @@ class RunState:
     record: RunRecord = None  # type: ignore[assignment]
     executed_calls: int = 0
     forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
-    lead_reuse: Dict[int, bool] = dataclasses.field(default_factory=dict)  # step -> its first branch's decision
-    lead_diff: Dict[int, Optional[float]] = dataclasses.field(default_factory=dict)  # step -> its first branch's probe change
-    lead_form: Dict[int, tuple] = dataclasses.field(default_factory=dict)  # step -> its first branch's (probe shape, additions)
+    # step -> its first branch's (decision, probe change, form: (stream shape or reference shapes, additions))
+    leads: Dict[int, tuple] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.record is None:
