@@ -144,9 +144,10 @@ class TorchHooks:
 
         @functools.wraps(original)
         def forward(*args: Any, **kwargs: Any) -> Any:
-            x = self._arg(self._main_arg, args, kwargs)
-            if not isinstance(x, torch.Tensor):
-                x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            x = _main_tensor(self._arg(self._main_arg, args, kwargs))
+            if x is None:
+                t = self._arg(self._timestep_arg, args, kwargs)
+                x = next((a for a in args if isinstance(a, torch.Tensor) and a is not t), None)
             if x is None or not engine.enabled or torch.is_grad_enabled() and x.requires_grad:
                 return original(*args, **kwargs)  # training or an odd call: never cache
             timestep = _scalar(self._arg(self._timestep_arg, args, kwargs))
@@ -175,6 +176,18 @@ class TorchHooks:
         if "out" in holder:
             return holder["out"]
         return _rebuild_output(self._output_template, tensor)
+
+
+def _main_tensor(value: Any) -> Optional[torch.Tensor]:
+    """The latents a call denoises: the main argument itself, or, where a model takes a list of
+    per-image latents of one shape (diffusers' Z-Image), those stacked into a batch (a copy of the
+    latents only: the run tracker, the sampler-noise check and the model-input probe read it)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if all(v.shape == value[0].shape for v in value):
+            return torch.stack(list(value))
+    return None
 
 
 def adds_between_blocks(kwargs: dict) -> bool:
