@@ -100,3 +100,26 @@ def test_the_default_reads_the_latents_not_the_timestep(monkeypatch: pytest.Monk
         cachedit.disable_cache(model)
     assert [s[:2] for s in seen] == [((4, 1, 1, 8, 8), (4, 1, 1, 8, 8))] * STEPS
     assert [round(s[2], 4) for s in seen] == [round(i / STEPS, 4) for i in range(STEPS)]  # t = 1 - sigma
+
+
+def test_rising_timesteps_in_0_1_are_one_minus_sigma() -> None:
+    """Error feedback's step spans follow the noise level. diffusers' Z-Image and Lumina2 pipelines
+    feed t = 1 - sigma (rising): the noise progress of a shifted schedule is then the same as for
+    a model fed sigma, not the step count's."""
+    from cachedit.manager.state import RunTracker
+
+    sigmas = [1.0, 0.95, 0.85, 0.6, 0.2, 0.05]  # shifted: short steps first
+    falling, rising = RunTracker(), RunTracker()
+    for s in sigmas:
+        run_f, *_ = falling.advance(s * 1000.0, None)
+        run_r, *_ = rising.advance(1.0 - s, None)
+        assert run_r.noise_progress(1.0 - s) == pytest.approx(run_f.noise_progress(s * 1000.0)) == pytest.approx(1.0 - s)
+    assert run_r is rising.run and run_r.step == len(sigmas) - 1
+    img2img = RunTracker()  # starts part-way (denoise 0.6): progress from its own first noise level
+    for s in (0.6, 0.45, 0.3):
+        run, *_ = img2img.advance(1.0 - s, None)
+    assert run.noise_progress(0.7) == pytest.approx(0.5)
+    other = RunTracker()  # rising beyond 1 (unknown scale): the step count's progress
+    for t in (10.0, 20.0, 40.0):
+        run, *_ = other.advance(t, None)
+    assert run.noise_progress(40.0) == pytest.approx(run.progress(40.0))

@@ -180,9 +180,13 @@ class RunState:
     def noise_progress(self, timestep: Optional[float]) -> float:
         """How far the noise level has come down in [0, 1]: 1 - timestep / the run's first timestep
         (flow models pass sigma, or sigma x 1000, as the timestep), so a shifted schedule's short
-        early steps count as short. Timesteps that rise (a model fed 1 - sigma) or none: `progress`."""
-        if timestep is not None and self.first_timestep and self.direction <= 0:
-            return min(1.0, max(0.0, 1.0 - timestep / self.first_timestep))
+        early steps count as short. Timesteps that rise within [0, 1] are 1 - sigma (diffusers'
+        Lumina2 and Z-Image pipelines): the noise level is 1 - t. Other rising ones, or none: `progress`."""
+        first = self.first_timestep
+        if timestep is not None and first and self.direction <= 0:
+            return min(1.0, max(0.0, 1.0 - timestep / first))
+        if timestep is not None and first is not None and self.direction > 0 and 0.0 <= first < timestep <= 1.0:
+            return min(1.0, (timestep - first) / (1.0 - first))  # 1 - (1 - t) / (1 - t0)
         return self.progress(timestep)
 
     def buffer_tensors(self) -> List[Optional[torch.Tensor]]:
