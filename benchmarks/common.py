@@ -102,6 +102,12 @@ class Inputs:
 
         return transformer_kwargs(self.arch, x, sigma, (self.ehs, self.pooled))
 
+    def velocity(self, output: Any) -> torch.Tensor:
+        """The velocity from the call's first output (`cachedit.bundled.archs.velocity`)."""
+        from cachedit.bundled.archs import velocity
+
+        return velocity(self.arch, output)
+
     @property
     def img_ids(self) -> torch.Tensor:
         """Flux's image position ids (what the model call gets; their count = image tokens)."""
@@ -171,7 +177,7 @@ def euler(transformer: nn.Module, inp: Inputs, hooks: Optional[SampleHooks] = No
                     ctx = diffusers_cache_api(transformer, "cache_context")("cond", step_index=i, num_inference_steps=n,
                                                                             timestep=s * 1000.0, sigma=s)
             with ctx:
-                out = transformer(**inp.call_kwargs(h, s))[0]
+                out = inp.velocity(transformer(**inp.call_kwargs(h, s))[0])
             if inp.guidance is not None:
                 v_unc, v_cond = out.chunk(2)
                 v = v_unc + inp.guidance * (v_cond - v_unc)

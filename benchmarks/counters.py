@@ -2,7 +2,8 @@
 holds (cache memory), measured the same way for every cache and every bundled layout.
 
 Block lists: Flux `transformer_blocks` + `single_transformer_blocks`, Wan `blocks`, Qwen-Image
-`transformer_blocks` (any module with those attributes).
+`transformer_blocks`, Z-Image its refiners (which run on every step, whatever a cache does) and
+`layers` (any module with those attributes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-BLOCK_LIST_NAMES = ("transformer_blocks", "single_transformer_blocks", "blocks")
+BLOCK_LIST_NAMES = ("transformer_blocks", "single_transformer_blocks", "blocks", "noise_refiner", "context_refiner",
+                    "layers")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -187,15 +187,24 @@ def _is_sd3(t: nn.Module) -> bool:
     return type(t).__name__ == "SD3Transformer2DModel"
 
 
+def _is_zimage(t: nn.Module) -> bool:
+    """A Z-Image transformer (cache-dit needs its Z-Image adapter; its blocks carry no text stream)."""
+    return type(t).__name__ == "ZImageTransformer2DModel"
+
+
 def _cache_dit_target(t: nn.Module) -> Any:
-    """What cache-dit is enabled on: the transformer itself, or for SD3 (which cache-dit only knows
-    through StableDiffusion3Pipeline) the BlockAdapter its own SD3 adapter builds (blocks, Pattern_1)."""
-    if not _is_sd3(t):
-        return t
+    """What cache-dit is enabled on: the transformer itself, or for the layouts cache-dit only knows
+    through their pipelines the BlockAdapter its own adapter for that pipeline builds: SD3 (blocks,
+    Pattern_1), Z-Image (layers, Pattern_3, no forward-pattern check: its blocks take `x`)."""
     from cache_dit import BlockAdapter, ForwardPattern
 
-    return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_1,
-                        check_forward_pattern=True)
+    if _is_sd3(t):
+        return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_1,
+                            check_forward_pattern=True)
+    if _is_zimage(t):
+        return BlockAdapter(transformer=t, blocks=t.layers, forward_pattern=ForwardPattern.Pattern_3,
+                            check_forward_pattern=False)
+    return t
 
 
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
@@ -222,7 +231,8 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
         # SD3's last block is context-pre-only (no text output): cache-dit 1.5.3's encoder calibrator then
         # asserts on its missing state at the first reused step, so on SD3 it is off (it has nothing to forecast).
-        encoder = not _is_sd3(t)
+        # Z-Image's blocks have no text stream either (Pattern_3).
+        encoder = not (_is_sd3(t) or _is_zimage(t))
         built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
             taylorseer_order=order, enable_encoder_calibrator=encoder) if order else None)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -271,11 +281,13 @@ def arch_of(t: nn.Module) -> str:
 
 # Block lists (PAB) and attention modules (FasterCache) per layout.
 PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",),
-              "sd3": ("transformer_blocks",)}
+              "sd3": ("transformer_blocks",), "zimage": ("layers",)}
 ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
-                 "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",)}
+                 "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",),
+                 "zimage": ("^layers.*attention",)}
 
-TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"]}  # others: diffusers' defaults
+TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"],
+                       "zimage": [r"^layers\.\d+\.attention"]}  # others: diffusers' defaults
 
 
 def _diffusers_reset(t: nn.Module) -> None:

@@ -31,7 +31,7 @@ from .report import results_markdown
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ARCHS = ("flux", "wan", "qwen")
-HELDOUT_ARCHS = ("sd3",)  # trained after the defaults were settled (cachedit.bundled.archs.HELDOUT_ARCHS): --arch sd3
+HELDOUT_ARCHS = ("sd3", "zimage")  # trained after the defaults were settled (cachedit.bundled.archs.HELDOUT_ARCHS)
 
 
 def result_name(arch: str, steps: int) -> str:
@@ -45,7 +45,7 @@ def chart_name(arch: str) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CacheDit vs cache-dit vs diffusers caches (bundled models + scaling)")
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS + HELDOUT_ARCHS,
-                   help="bundled models (default: the three the defaults were measured on; sd3: the held-out one)")
+                   help="bundled models (default: the three the defaults were measured on; sd3, zimage: the held-out ones)")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 28 50; --quick: 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds pooled for quality (default 3; --quick: 2)")
     p.add_argument("--batch", type=int, default=None, help="images per generation (default 8; --quick: 2); CFG doubles it")

@@ -9,6 +9,9 @@ is called):
 * ``qwen``: ``QwenImageTransformer2DModel``, 6 joint-attention blocks, inner dim 128;
 * ``sd3`` (held out, ``archs.HELDOUT_ARCHS``): ``SD3Transformer2DModel``, 6 joint blocks (SD3.5's RMS
   qk-norm, the last block context-pre-only), inner dim 128, trained after the defaults were settled.
+* ``zimage`` (held out, trained after sd3): ``ZImageTransformer2DModel``, a noise and a context refiner
+  then 6 single-stream layers over caption + image tokens, inner dim 128, called as ``ZImagePipeline``
+  calls it (lists of tensors, timestep 1 - sigma, output minus the velocity).
 
 Usage (from the repository root; with no options but ``--arch`` the defaults reproduce the
 committed weights, see ``DEFAULTS``)::
@@ -17,6 +20,7 @@ committed weights, see ``DEFAULTS``)::
     python scripts/train_bundled.py --arch wan                  # digits_wan.*  (CPU, 1 thread)
     python scripts/train_bundled.py --arch qwen                 # digits_qwen.* (CPU, 1 thread)
     python scripts/train_bundled.py --arch sd3                  # digits_sd3.*  (CPU, 1 thread)
+    python scripts/train_bundled.py --arch zimage               # digits_zimage.* (CPU, 1 thread)
     python scripts/train_bundled.py --arch wan --out-dir /tmp/digits --steps 300   # quick experiment elsewhere
     python scripts/train_bundled.py --arch qwen --eval-only --eval-images 80 --grid /tmp/qwen.png
 
@@ -57,6 +61,10 @@ How the committed weights were made:
 * sd3: ``--arch sd3`` (1200 steps, batch 64, 1 thread) on the same 2-core machine, nearly idle (load ~1):
   1206 s of training (20 min), final loss 0.128 (smoothed 0.133); 3.49 M parameters, 7.1 MB;
   accuracy 1.000 on 80 images for euler/heun, batched/separate CFG, 0.975 without CFG.
+
+* zimage: ``--arch zimage`` (1200 steps, batch 64, 1 thread) on the same 2-core machine, beside a few
+  short test runs (load 1-2): 2296 s of training (38 min), final loss 0.127 (smoothed 0.132); 2.47 M
+  parameters, 5.0 MB; accuracy 1.000 on 80 images for euler/heun, batched/separate CFG, 0.963 without CFG.
 
 The sharing set those times: at load ~2 a batch-64 step took 0.9 s (Wan) and 0.86 s (Qwen-Image)
 with two threads, about 20 minutes per 1200-step run; at load 4-5 one thread ran 2.5x faster per
@@ -168,6 +176,28 @@ CONFIGS = {
         "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
                            "pooled_projection_dim": 128},
     },
+    # Held out, trained after sd3: Z-Image's single-stream DiT (a noise refiner and a context refiner,
+    # then 6 layers over one stream of caption + image tokens), inner dim 128 = 4 heads x 32 (RoPE axes
+    # 8+12+12), patch 2 over the [B, 1, 16, 16] image, called as ZImagePipeline calls it (archs.py).
+    "zimage": {
+        "arch": "zimage",
+        "transformer": {
+            "all_patch_size": [2],
+            "all_f_patch_size": [1],
+            "in_channels": 1,
+            "dim": 128,
+            "n_layers": 6,
+            "n_refiner_layers": 1,
+            "n_heads": 4,
+            "n_kv_heads": 4,
+            "cap_feat_dim": 128,
+            "rope_theta": 256.0,
+            "axes_dims": [8, 12, 12],
+            "axes_lens": [64, 16, 16],
+        },
+        "label_embedder": {"num_embeddings": D.NUM_CLASSES + 1, "num_tokens": 4, "joint_attention_dim": 128,
+                           "pooled_projection_dim": 0},
+    },
 }
 ARCH = CONFIGS["flux"]  # backwards-compatible name
 
@@ -188,6 +218,7 @@ DEFAULTS = {
     "wan": RunDefaults(steps=1200, batch_size=64, threads=1),
     "qwen": RunDefaults(steps=1200, batch_size=64, threads=1),
     "sd3": RunDefaults(steps=1200, batch_size=64, threads=1),
+    "zimage": RunDefaults(steps=1200, batch_size=64, threads=1),
 }
 
 
@@ -249,6 +280,11 @@ def zero_init(model: D.DigitsModel) -> None:
         for blk in tr.transformer_blocks:
             _zero(blk.norm1.linear, blk.norm1_context.linear)  # the last block's context norm is continuous: still a linear
         _zero(tr.norm_out.linear, tr.proj_out)
+    elif model.arch == "zimage":
+        # modulated blocks gate their branches with tanh(gate): a zero modulation makes them identities
+        _zero(*(blk.adaLN_modulation[0] for blk in (*tr.layers, *tr.noise_refiner)))
+        for final in tr.all_final_layer.values():
+            _zero(final.adaLN_modulation[1], final.linear)
     else:
         raise ValueError(model.arch)
 
@@ -315,7 +351,7 @@ def train(args) -> tuple[D.DigitsModel, dict, float]:
 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        pred = model.transformer(**A.transformer_kwargs(args.arch, xt, s, model.label_embedder(y)))[0]
+        pred = A.velocity(args.arch, model.transformer(**A.transformer_kwargs(args.arch, xt, s, model.label_embedder(y)))[0])
         loss = F.mse_loss(pred, target)
         apply_update(opt, params, ema_params, loss, step, args.ema_decay)
 

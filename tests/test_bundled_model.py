@@ -126,6 +126,7 @@ def test_real_digits_are_classified():
 # digit accuracy of generate(model, arange(N) % 10, 28 Euler steps, CFG 3 batched, seed 0), as measured
 MEASURED_ACCURACY = {"flux": (40, 1.0), "wan": (10, 1.0), "qwen": (10, 1.0)}
 SD3_ACCURACY = 1.0  # the held-out model, 10 images, same call
+ZIMAGE_ACCURACY = 1.0  # the second held-out model, same call
 
 
 @pytest.mark.parametrize("arch", D.ARCHS)
@@ -175,8 +176,9 @@ def test_archs_and_weights_are_listed():
         assert os.path.isfile(D.weights_path(arch)) and os.path.isfile(D.config_path(arch))
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000  # fp16, a few MB
     assert D.weights_path() == D.WEIGHTS_PATH and D.config_path() == D.CONFIG_PATH
-    assert D.HELDOUT_ARCHS == ("sd3",) and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
-    assert os.path.getsize(D.weights_path("sd3")) < 13_000_000 and os.path.isfile(D.config_path("sd3"))
+    assert D.HELDOUT_ARCHS == ("sd3", "zimage") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
+    for arch in D.HELDOUT_ARCHS:
+        assert os.path.getsize(D.weights_path(arch)) < 13_000_000 and os.path.isfile(D.config_path(arch))
     with pytest.raises(ValueError, match="unknown bundled arch"):
         D.load_model("hidream")
     with pytest.raises(TypeError):
@@ -218,6 +220,32 @@ def test_heldout_sd3_loads_and_is_called_as_the_sd3_pipeline_calls_it():
     assert torch.equal(kw["timestep"], torch.tensor([250.0, 250.0]))
     labels = torch.arange(10)
     assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == SD3_ACCURACY
+
+
+def test_heldout_zimage_loads_and_is_called_as_the_zimage_pipeline_calls_it():
+    """The second held-out model: ZImageTransformer2DModel (a noise and a context refiner, then 6
+    single-stream layers over caption + image tokens), called as ZImagePipeline calls it: a list of
+    [C, 1, H, W] latents, t = 1 - sigma, a list of caption features; its outputs are minus the velocity."""
+    import diffusers
+
+    m = D.load_model("zimage")
+    tr = m.transformer
+    assert type(tr) is diffusers.ZImageTransformer2DModel and m.arch == "zimage" and m.sigma_shift == 1.0
+    assert len(tr.layers) == 6 and len(tr.noise_refiner) == len(tr.context_refiner) == 1
+    ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
+    assert ehs.shape == (3, 4, 128) and pooled is None
+    lat = A.initial_latents("zimage", 2, seed=3)
+    assert lat.shape == (2, 1, 16, 16)
+    kw = A.transformer_kwargs("zimage", lat, 0.25, (ehs[:2], None))
+    assert sorted(kw) == ["cap_feats", "return_dict", "t", "x"]
+    assert [x.shape for x in kw["x"]] == [(1, 1, 16, 16)] * 2 and torch.equal(kw["x"][1][:, 0], lat[1])
+    assert torch.equal(kw["t"], torch.tensor([0.75, 0.75])) and torch.equal(kw["cap_feats"][1], ehs[1])
+    out = [torch.full((1, 1, 16, 16), 2.0), torch.full((1, 1, 16, 16), -1.0)]
+    v = A.velocity("zimage", out)
+    assert v.shape == (2, 1, 16, 16) and v[0].eq(-2.0).all() and v[1].eq(1.0).all()
+    assert A.velocity("sd3", lat) is lat
+    labels = torch.arange(10)
+    assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == ZIMAGE_ACCURACY
 
 
 def test_initial_latents_are_the_pipelines_layouts():

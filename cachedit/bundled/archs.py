@@ -18,6 +18,11 @@ arguments the transformer takes.  That knowledge lives here, once, and is used b
   pooled text adaLN, SD3.5's RMS qk-norm); latents [B, 1, 16, 16] as ``StableDiffusion3Pipeline``
   passes them (the model patchifies), timestep = sigma * 1000. Held out: no default or setting was
   tuned on it (:data:`HELDOUT_ARCHS`); it is there to check that they hold on a model they never saw.
+* ``zimage``: diffusers ``ZImageTransformer2DModel`` (Z-Image / Lumina2's single-stream DiT: a noise
+  and a context refiner, then one stream of caption and image tokens); called as ``ZImagePipeline``
+  calls it: a list of per-image latents [C, 1, H, W], timestep = 1 - sigma (rising), a list of
+  caption features, and a list of outputs that are minus the velocity (the pipeline negates them:
+  :attr:`Arch.velocity`). Held out like ``sd3``, trained after it.
 
 Conditioning is ``(encoder_hidden_states [B, T, D], pooled [B, P] or None)``.
 """
@@ -32,7 +37,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ARCHS", "HELDOUT_ARCHS", "Arch", "Conditioning", "get_arch", "initial_latents", "transformer_kwargs"]
+__all__ = ["ARCHS", "HELDOUT_ARCHS", "Arch", "Conditioning", "get_arch", "initial_latents", "transformer_kwargs", "velocity"]
 
 IMAGE_SIZE = 16  # pixels, 1 channel
 Conditioning = Tuple[Tensor, Optional[Tensor]]
@@ -116,7 +121,17 @@ def _sd3_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning
                 timestep=_timestep(sigma, latents.shape[0], latents) * 1000.0, return_dict=False)
 
 
-def _identity(x: Tensor) -> Tensor:
+def _zimage_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    # ZImagePipeline: timestep = (1000 - t) / 1000 = 1 - sigma; lists of per-image tensors
+    t = 1.0 - _timestep(sigma, latents.shape[0], latents)
+    return dict(x=list(latents.unsqueeze(2).unbind(0)), t=t, cap_feats=list(cond[0].unbind(0)), return_dict=False)
+
+
+def _zimage_velocity(out: Any) -> Tensor:
+    return -torch.stack(list(out), dim=0).squeeze(2)  # [B, C, 1, H, W] -> [B, C, H, W], negated as the pipeline does
+
+
+def _identity(x: Any) -> Any:
     return x
 
 
@@ -139,6 +154,7 @@ class Arch:
     to_images: Callable[[Tensor], Tensor]  # inverse of to_latents
     block_list: str  # attribute holding the first block list (probes hook element 0)
     pooled: bool  # whether the layout takes a pooled text embedding
+    velocity: Callable[[Any], Tensor] = _identity  # the call's first output -> the flow velocity, as latents
 
     def build_transformer(self, config: Dict[str, Any]) -> nn.Module:
         """A randomly initialised transformer from the ``transformer`` section of a bundled config."""
@@ -157,10 +173,12 @@ ARCHS: Dict[str, Arch] = {
     "qwen": Arch("qwen", "QwenImageTransformer2DModel", _qwen_kwargs, pack_images, unpack_latents, "transformer_blocks",
                  False),
     "sd3": Arch("sd3", "SD3Transformer2DModel", _sd3_kwargs, _identity, _identity, "transformer_blocks", True),
+    "zimage": Arch("zimage", "ZImageTransformer2DModel", _zimage_kwargs, _identity, _identity, "layers", False,
+                   _zimage_velocity),
 }
 # Layouts trained after the defaults were settled and never used to tune them: benchmarks report them
 # apart, as the check that the defaults hold on a model they have not seen.
-HELDOUT_ARCHS: Tuple[str, ...] = ("sd3",)
+HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage")
 
 
 def get_arch(name: str) -> Arch:
@@ -176,9 +194,15 @@ def transformer_kwargs(arch: str, latents: Tensor, sigma: Union[float, Tensor], 
     ``latents`` in the layout of :func:`initial_latents` (the call's batch), ``sigma`` the
     flow-matching sigma in [0, 1] (a float is expanded to the batch, a [B] tensor is used as is),
     ``cond`` = ``(encoder_hidden_states, pooled or None)`` for the same batch.  Call it as
-    ``transformer(**transformer_kwargs(...))[0]`` (``return_dict=False`` is included).
+    ``velocity(arch, transformer(**transformer_kwargs(...))[0])`` (``return_dict=False`` is included).
     """
     return get_arch(arch).kwargs(latents, sigma, cond)
+
+
+def velocity(arch: str, output: Any) -> Tensor:
+    """The flow velocity (noise - x0, in the latents' layout) from a transformer call's first output:
+    the output itself, except for layouts whose pipeline transforms it (Z-Image: a list, negated)."""
+    return get_arch(arch).velocity(output)
 
 
 def initial_latents(arch: str, batch: int, seed: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -71,7 +71,7 @@ __all__ = [
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # ("flux", "wan", "qwen"): the layouts the defaults were measured on (demo, tests, benchmarks)
 ARCHS = tuple(a for a in A.ARCHS if a not in A.HELDOUT_ARCHS)
-HELDOUT_ARCHS = A.HELDOUT_ARCHS  # ("sd3",): committed weights too, never used to tune anything (benchmarks only)
+HELDOUT_ARCHS = A.HELDOUT_ARCHS  # ("sd3", "zimage"): committed weights too, never used to tune anything (benchmarks only)
 
 
 def config_path(arch: str = "flux") -> str:
@@ -296,7 +296,7 @@ def generate(
             batch_cond = tuple(torch.cat([u, c], dim=0) if c is not None else None for u, c in zip(uncond, cond))
 
         def call(x: Tensor, c: A.Conditioning, sigma: float) -> Tensor:
-            return transformer(**arch.kwargs(x, sigma, c))[0]
+            return arch.velocity(transformer(**arch.kwargs(x, sigma, c))[0])
 
         def velocity(x: Tensor, sigma: float) -> Tensor:
             if cfg_mode == "none":
