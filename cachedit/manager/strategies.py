@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Type
 
+from ..config.options import EARLY_SHARE
 from .feedback import ErrorFeedback
 from .state import BranchState
 
@@ -150,8 +151,15 @@ class AdaptiveStrategy(Strategy):
         threshold = self.feedback.threshold(step - branch.last_computed_step,
                                             progress if noise_progress is None else noise_progress)
         # the final step always computes: a reused last step shows directly in the image
-        reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch)
+        reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch) \
+            and not self.early_capped(branch, progress if noise_progress is None else noise_progress)
         return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
+
+    def early_capped(self, branch: BranchState, noise_progress: float) -> bool:
+        """A preset's early cap is reached: before EARLY_SHARE of the denoising (by noise level),
+        `early_max_in_a_row` reused steps in a row (see config/options.py)."""
+        cap = self.options.early_max_in_a_row
+        return cap is not None and noise_progress < EARLY_SHARE and branch.continuous_cached_steps >= cap
 
     def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         threshold = float(self.config.residual_diff_threshold)
