@@ -66,13 +66,13 @@ ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
 # whose steps are unknown keep order 1, as second-order extrapolation over long spans (12 Euler
 # steps, Heun's half steps) fell to 32 dB on the bundled models.
 LONG_RUN_STEPS = 20
+LONG_RUN_TAYLORSEER_ORDER = 2
 # In the first EARLY_SHARE of the denoising (by noise level), a preset's run with the default's 4 in a
 # row reuses at most EARLY_MAX_IN_A_ROW steps in a row: a stale feature at high noise is carried
 # through the rest of the trajectory, so an early streak costs the image more than its measured
 # per-step error says (config/presets.py).
 EARLY_SHARE = 0.25
 EARLY_MAX_IN_A_ROW = 3
-LONG_RUN_TAYLORSEER_ORDER = 2
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
 SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)
