@@ -82,10 +82,13 @@ def contenders(res: BundledResult, share: float = CONTENDER_SHARE, per_family: i
 
 
 def _methods(names: Sequence[str]) -> List[M.Method]:
-    """The rows rebuilt; a table's default row (whatever the default was then) becomes today's default."""
+    """The rows rebuilt; a table's default and preset rows (whatever their rules were then) become
+    today's default and presets."""
     catalog = method_catalog()
-    default = next(m for m in catalog.values() if m.name.startswith("ours default"))
-    catalog.update({n: default for n in names if n.startswith("ours default")})
+    for prefix in ("ours default", "ours quality='quality'", "ours quality='fast'"):
+        today = next((m for m in catalog.values() if m.name.startswith(prefix)), None)
+        if today is not None:
+            catalog.update({n: today for n in names if n.startswith(prefix)})
     missing = [n for n in names if n not in catalog]
     if missing:
         raise ValueError(f"rows not rebuildable from their names (a table from older code?): {missing}")

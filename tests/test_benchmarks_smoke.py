@@ -299,6 +299,20 @@ def test_head_to_head_rebuilds_every_contender_of_the_committed_tables(table):
     assert [m.name for m in _methods(names)][1:] == names[1:]  # the default row becomes today's default
 
 
+def test_head_to_head_takes_an_older_tables_preset_rows_as_todays():
+    """A table written before a preset's run rules changed names its preset rows by the rules then;
+    head to head times today's preset in their place (as it does for the default row)."""
+    from benchmarks import methods as M
+    from benchmarks.head_to_head import _methods
+
+    old_fast = "ours quality='fast' (error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC5)"
+    rebuilt = _methods(["ours default: balanced: F0B0 W2 MC4 TS1, error budget 0.15", old_fast])
+    assert rebuilt[0].name.startswith("ours default") and rebuilt[0].name != "ours default: balanced: F0B0 W2 MC4 TS1"
+    assert rebuilt[1].name == f"ours quality='fast' ({M.preset_tag('fast')})" != old_fast
+    with pytest.raises(ValueError, match="not rebuildable"):
+        _methods(["ours adaptive F0B0 R0.99 W99 MC99 TS9"])
+
+
 def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     """A 4-step, batch-1 table of three real row names: the head-to-head times exactly those, writes its
     table and summary, and refuses a table of another model."""
