@@ -15,7 +15,7 @@ import torch
 import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
-from cachedit.config.options import EARLY_MAX_IN_A_ROW, EARLY_SHARE, LONG_RUN_STEPS
+from cachedit.config.options import FIRST_STREAK_MAX, LONG_RUN_STEPS
 from cachedit.config.presets import (LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, RunInfo, apply_settings,
                                      detect_family, family_of, plan_run)
 from cachedit.manager import placement as placement_mod
@@ -162,7 +162,7 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     runs of unknown length and Wan's experts keep the standard budget and the order they have."""
     long = plan_run("balanced", "flux", RunInfo(LONG_RUN_STEPS), default_taylorseer=True)
     assert (long.rule, long.budget, long.taylorseer_order) == ("long run", LONG_RUN_BUDGETS["balanced"], 2)
-    assert long.label() == "balanced, long run: budget 0.2, warmup 2, max in a row 3 before 25%, TaylorSeer 2"
+    assert long.label() == "balanced, long run: budget 0.2, warmup 2, first streak 3, TaylorSeer 2"
     for run, default_taylorseer in ((RunInfo(LONG_RUN_STEPS - 1), True), (RunInfo(), True), (RunInfo(50), False)):
         short = plan_run("balanced", "flux", run, default_taylorseer=default_taylorseer)
         assert short.rule == "standard" and short.taylorseer_order is None and short.budget == QUALITY_PRESETS["balanced"]
@@ -199,8 +199,8 @@ def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_ro
     """What a run rule picks is what runs: the default's images of a long run are bit-identical to
     the explicit config of that rule (TaylorSeer order 2 at the long-run budget; 5 in a row from
     50 steps), and of a shorter run to order 1 at the preset's budget (the block cache takes the
-    run's order, not the order the model was enabled with). The early cap, which no cache-dit config
-    says, is set on the explicit run's options."""
+    run's order, not the order the model was enabled with). The first-streak cap, which no cache-dit
+    config says, is set on the explicit run's options."""
     from cachedit.bundled import digits as D
 
     model = D.load_model("flux")
@@ -211,8 +211,8 @@ def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_ro
         cachedit.enable_cache(model, **kwargs)
         engine = cachedit.get_manager().entry(model.transformer).engine
         if kwargs:
-            assert engine.base_options.preset is None and engine.base_options.early_max_in_a_row is None
-            engine.base_options.early_max_in_a_row = EARLY_MAX_IN_A_ROW if in_a_row == 4 else None
+            assert engine.base_options.preset is None and engine.base_options.first_streak_max is None
+            engine.base_options.first_streak_max = FIRST_STREAK_MAX if in_a_row == 4 else None
         images.append(D.generate(model, [3, 7], num_steps=steps, cfg_mode="none", seed=1))
         stats = cachedit.summary(model.transformer, logging=False)[0]
         assert stats.cached_steps  # steps were reused: the order mattered
@@ -220,45 +220,45 @@ def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_ro
     assert torch.equal(images[0], images[1])
 
 
-def test_early_cap_rule_only_where_the_default_reuses_four_in_a_row():
-    """Standard and long runs of up to 49 steps reuse at most EARLY_MAX_IN_A_ROW steps in a row
-    before EARLY_SHARE of the denoising; 50-step runs (5 in a row), few-step runs, Wan's experts
-    and UNets keep their own caps; an explicit config has no rule at all."""
-    assert (EARLY_MAX_IN_A_ROW, EARLY_SHARE) == (3, 0.25)
+def test_first_streak_rule_only_where_the_default_reuses_four_in_a_row():
+    """Standard and long runs of up to 49 steps reuse at most FIRST_STREAK_MAX steps in their first
+    streak; 50-step runs (5 in a row), few-step runs, Wan's experts and UNets keep their own caps;
+    an explicit config has no rule at all."""
+    assert FIRST_STREAK_MAX == 3
     for run, kw in ((RunInfo(28), dict(default_taylorseer=True)), (RunInfo(16), {}), (RunInfo(), {}),
                     (RunInfo(LONGER_RUN_STEPS - 1), dict(default_taylorseer=True))):
-        assert plan_run("balanced", "flux", run, **kw).early_max_in_a_row == 3
+        assert plan_run("balanced", "flux", run, **kw).first_streak_max == 3
     for settings in (plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS), default_taylorseer=True),
                      plan_run("fast", "flux", RunInfo(8)), plan_run("balanced", "wan", RunInfo(30), expert="low"),
                      plan_run("balanced", "wan", RunInfo(30), expert="high"),
                      plan_run("quality", "unet", RunInfo(30), step_level=True)):
-        assert settings.early_max_in_a_row is None, settings.rule
+        assert settings.first_streak_max is None, settings.rule
     base = _opts()
-    assert base.early_max_in_a_row is None
-    assert apply_settings(base, plan_run("balanced", "flux", RunInfo(28))).early_max_in_a_row == 3
-    assert base.early_max_in_a_row is None  # the enabled options are not changed by a run
-    with pytest.raises(ValueError, match=r"early_max_in_a_row=-1.*integer in \[0, 1000\]"):
-        cachedit.CacheOptions(early_max_in_a_row=-1)
+    assert base.first_streak_max is None
+    assert apply_settings(base, plan_run("balanced", "flux", RunInfo(28))).first_streak_max == 3
+    assert base.first_streak_max is None  # the enabled options are not changed by a run
+    with pytest.raises(ValueError, match=r"first_streak_max=-1.*integer in \[0, 1000\]"):
+        cachedit.CacheOptions(first_streak_max=-1)
 
 
-def _streaks(early: Optional[int], steps: int = 40, in_a_row: int = 4, noise_scale: float = 1.0):
-    """Reused steps of an adaptive run whose probe never changes (every allowed step reuses), on a
-    uniform schedule (noise progress = progress x `noise_scale`), with error feedback at the default's
-    config and `early` as the early cap."""
+def _reused(first: Optional[int], steps: int = 28, in_a_row: int = 4, changed=()):
+    """Reused steps of an adaptive run at the default's config with error feedback (nothing measured
+    yet) and `first` as the first-streak cap, whose probe never changes except at the `changed` steps
+    (a change above every threshold: those steps compute)."""
     from cachedit.manager.feedback import ErrorFeedback
     from cachedit.manager.state import BranchState
     from cachedit.manager.strategies import make_strategy
 
     options = _opts()
     options.cache_config.max_continuous_cached_steps = in_a_row
-    options.early_max_in_a_row = early
+    options.first_streak_max = first
     strategy = make_strategy(options, ErrorFeedback(budget=0.15, initial_threshold=0.24))
     branch = BranchState(0)
     reused = []
     for step in range(steps):
         branch.begin_step(step)
-        decision = strategy.decide(branch, step, step / steps, lambda: 1e-4, final=step == steps - 1,
-                                   noise_progress=step / steps * noise_scale)
+        diff = 0.9 if step in changed else 1e-4
+        decision = strategy.decide(branch, step, step / steps, lambda: diff, final=step == steps - 1)
         if decision.reuse:
             branch.record_cached(step)
             reused.append(step)
@@ -267,17 +267,15 @@ def _streaks(early: Optional[int], steps: int = 40, in_a_row: int = 4, noise_sca
     return reused
 
 
-def test_early_cap_shortens_streaks_only_before_the_early_share():
-    """With the early cap, streaks before EARLY_SHARE of the denoising stop at 3 and later ones run to
-    the config's 4; without it, every streak runs to 4. The noise progress decides, not the step."""
+def test_first_streak_cap_shortens_only_the_runs_first_streak():
+    """With the cap, the run's first streak stops at 3 and every later one runs to the config's 4;
+    without it, every streak runs to 4. The first streak is the first reuses, wherever they start."""
     # warmup 2: steps 0, 1 compute; then 4 reused / 1 computed ...
-    assert _streaks(None)[:8] == [2, 3, 4, 5, 7, 8, 9, 10]
-    capped = _streaks(3)
-    # 40 steps: progress 0.25 at step 10, where the cap of 4 takes over (the streak from step 10 runs to 13)
-    assert capped[:14] == [2, 3, 4, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18]
-    # a schedule whose noise falls slower (noise progress half the step progress): early until step 20
-    slow = _streaks(3, noise_scale=0.5)
-    assert [s for s in slow if s < 22] == [2, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20, 21]
+    assert _reused(None)[:8] == [2, 3, 4, 5, 7, 8, 9, 10]
+    assert _reused(3)[:11] == [2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14]
+    # a step that computes before any reuse does not end the first streak: it has not begun
+    assert _reused(3, changed=(2, 3))[:8] == [4, 5, 6, 8, 9, 10, 11, 13]
+    assert _reused(3, in_a_row=2)[:6] == [2, 3, 5, 6, 8, 9]  # a lower config cap still applies
 
 
 def test_pipeline_steps_pick_the_few_step_rule():

@@ -67,12 +67,11 @@ ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
 # steps, Heun's half steps) fell to 32 dB on the bundled models.
 LONG_RUN_STEPS = 20
 LONG_RUN_TAYLORSEER_ORDER = 2
-# In the first EARLY_SHARE of the denoising (by noise level), a preset's run with the default's 4 in a
-# row reuses at most EARLY_MAX_IN_A_ROW steps in a row: a stale feature at high noise is carried
-# through the rest of the trajectory, so an early streak costs the image more than its measured
-# per-step error says (config/presets.py).
-EARLY_SHARE = 0.25
-EARLY_MAX_IN_A_ROW = 3
+# A preset's run with the default's 4 in a row reuses at most FIRST_STREAK_MAX steps in its first
+# streak (the reuses right after the warmup, before any later computed step): there the features
+# still change fastest and the calibration knows least, and the streak cost the image more than its
+# measured per-step errors said (config/presets.py).
+FIRST_STREAK_MAX = 3
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
 SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)
@@ -123,9 +122,9 @@ class CacheOptions:
     # the calibrator is the default's own (the user chose no TaylorSeer setting): a preset's run
     # rules may change its order
     default_taylorseer: bool = False
-    # a preset's run rule: at most this many reused steps in a row before EARLY_SHARE of the
-    # denoising (None: only max_continuous_cached_steps applies)
-    early_max_in_a_row: Optional[int] = None
+    # a preset's run rule: at most this many reused steps in the run's first streak (None: only
+    # max_continuous_cached_steps applies)
+    first_streak_max: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,8 +164,8 @@ class CacheOptions:
         if self.preset is not None and self.preset not in QUALITY_PRESETS:
             fail("preset", self.preset, " | ".join(repr(q) for q in QUALITY_PRESETS))
         check_bool("log_runs", self.log_runs)
-        if self.early_max_in_a_row is not None:
-            check_int("early_max_in_a_row", self.early_max_in_a_row, 0, 1000)
+        if self.first_streak_max is not None:
+            check_int("first_streak_max", self.first_streak_max, 0, 1000)
         if self.blocks is not None:
             check_blocks(self.blocks)
         if not isinstance(self.cache_config, BasicCacheConfig):

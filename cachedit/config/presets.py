@@ -38,14 +38,15 @@ at 35.5 and 37.9 with every measured error under the budget); 5 gives it 42.2 at
 runs to 39.6 (FLUX layout, batch 1 separate CFG), so shorter runs keep 4
 (runs/2026-12-01_longer_run_cap.md; with order 1, 8 in a row had cost batch-1 runs 37-39 dB:
 runs/2026-11-30_defaults_long_streak.md). Standard and long runs that keep 4 in a row reuse at most
-3 in a row in the first quarter of the denoising (by noise level: EARLY_SHARE, EARLY_MAX_IN_A_ROW):
-on the held-out Z-Image-layout model, trained after the defaults were settled, 4 reused steps right
-after the warmup (steps 2-5 of 28), each within the budget, cost two of six batch-1 images 6-9 dB
-(36.8, 33.4; the cell 38.5 dB); with the same computed steps but the first streak cut to 3 they
-held 43.1 and 39.0 (42.5 dB pooled), while shortening the later streaks did not help: a stale
-feature at high noise is carried through the whole trajectory. The bundled models' 28-step cells
-keep their compute (FLUX, Wan, SD3) or spend 1 point more (Qwen); 50-step runs (5 in a row) keep
-theirs (runs/2026-12-02_early_streak.md). Rules apply only to what the user did
+3 steps in their first streak (FIRST_STREAK_MAX: the reuses right after the warmup): on the held-out
+Z-Image-layout model, trained after the defaults were settled, 4 reused steps right after the warmup
+(steps 2-5 of 28), each within the budget, cost two of six batch-1 images 6-9 dB (36.8, 33.4; the
+cell 38.5 dB); with the same computed steps but the first streak cut to 3 they held 43.1 and 39.0
+(42.5 dB pooled), while shortening the later streaks did not help. Capping every streak in the
+first quarter of the noise level instead mended that cell too but cost Qwen-layout runs on
+ComfyUI's shifted `simple` schedule 3 dB (43.1 -> 40.0: a quarter of the noise is half of those
+steps, and the computed steps moved where they mattered more); the first streak alone keeps 42.0.
+50-step runs (5 in a row) keep theirs (runs/2026-12-02_early_streak.md). Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
 """
@@ -57,8 +58,7 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-from .options import (ADAPTIVE_DEFAULTS, EARLY_MAX_IN_A_ROW, EARLY_SHARE, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER,
-                      QUALITY_PRESETS)
+from .options import ADAPTIVE_DEFAULTS, FIRST_STREAK_MAX, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
 
 FEW_STEPS = 10  # a run of at most this many steps is a distilled few-step run
 # Warmup share of a few-step run per preset (cache-dit's 8-step masks: 5/8, 4/8, 3/8 computed first).
@@ -135,7 +135,7 @@ class RunSettings:
     config: dict  # DBCacheConfig fields changed by the rule
     window: Optional[tuple] = None  # (start_percent, end_percent) when the rule sets one
     taylorseer_order: Optional[int] = None  # the default TaylorSeer's order when the rule sets one
-    early_max_in_a_row: Optional[int] = None  # at most this many in a row before EARLY_SHARE of the denoising
+    first_streak_max: Optional[int] = None  # at most this many reused steps in the run's first streak
 
     def label(self) -> str:
         """What the per-run log line and the stats node say, e.g. `balanced, few-step: warmup 4 ...`."""
@@ -143,8 +143,8 @@ class RunSettings:
         names = {"max_warmup_steps": "warmup", "max_continuous_cached_steps": "max in a row",
                  "max_cached_steps": "max reused"}
         parts += [f"{names[k]} {v}" for k, v in self.config.items()]
-        if self.early_max_in_a_row is not None:
-            parts.append(f"max in a row {self.early_max_in_a_row} before {EARLY_SHARE:.0%}")
+        if self.first_streak_max is not None:
+            parts.append(f"first streak {self.first_streak_max}")
         if self.taylorseer_order is not None:
             parts.append(f"TaylorSeer {self.taylorseer_order}")
         if self.window is not None:
@@ -179,14 +179,14 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
     if step_level or family == "unet":
         return RunSettings(preset, family, "step level", budget, {}, UNET_WINDOW)
     config = {"max_warmup_steps": ADAPTIVE_DEFAULTS["max_warmup_steps"]}
-    early = EARLY_MAX_IN_A_ROW  # see EARLY_MAX_IN_A_ROW: the default's 4 in a row, 3 while the noise is high
+    first = FIRST_STREAK_MAX  # see FIRST_STREAK_MAX: the default's 4 in a row, 3 right after the warmup
     if default_taylorseer and whole is not None and whole >= LONG_RUN_STEPS - 0.5:
         if steps >= LONGER_RUN_STEPS:  # its own steps: see LONGER_RUN_STEPS
             config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
-            early = None
+            first = None
         return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
-                           taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, early_max_in_a_row=early)
-    return RunSettings(preset, family, "standard", budget, config, early_max_in_a_row=early)
+                           taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, first_streak_max=first)
+    return RunSettings(preset, family, "standard", budget, config, first_streak_max=first)
 
 
 def apply_settings(options: Any, settings: RunSettings) -> Any:
@@ -201,5 +201,5 @@ def apply_settings(options: Any, settings: RunSettings) -> Any:
         out.calibrator_config.taylorseer_order = settings.taylorseer_order
     if settings.window is not None:
         out.start_percent, out.end_percent = settings.window
-    out.early_max_in_a_row = settings.early_max_in_a_row
+    out.first_streak_max = settings.first_streak_max
     return out.validate()

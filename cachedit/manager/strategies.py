@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Type
 
-from ..config.options import EARLY_SHARE
 from .feedback import ErrorFeedback
 from .state import BranchState
 
@@ -152,14 +151,15 @@ class AdaptiveStrategy(Strategy):
                                             progress if noise_progress is None else noise_progress)
         # the final step always computes: a reused last step shows directly in the image
         reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch) \
-            and not self.early_capped(branch, progress if noise_progress is None else noise_progress)
+            and not self.first_streak_capped(branch)
         return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
 
-    def early_capped(self, branch: BranchState, noise_progress: float) -> bool:
-        """A preset's early cap is reached: before EARLY_SHARE of the denoising (by noise level),
-        `early_max_in_a_row` reused steps in a row (see config/options.py)."""
-        cap = self.options.early_max_in_a_row
-        return cap is not None and noise_progress < EARLY_SHARE and branch.continuous_cached_steps >= cap
+    def first_streak_capped(self, branch: BranchState) -> bool:
+        """A preset's cap on the run's first streak is reached: every step reused so far is in the
+        current streak, and there are `first_streak_max` of them (see config/options.py)."""
+        cap = self.options.first_streak_max
+        streak = branch.continuous_cached_steps
+        return cap is not None and streak >= cap and len(branch.cached_steps) == streak
 
     def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         threshold = float(self.config.residual_diff_threshold)
