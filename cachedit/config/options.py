@@ -68,9 +68,9 @@ ADAPTIVE_DEFAULT_TAYLORSEER_ORDER = 1
 LONG_RUN_STEPS = 20
 LONG_RUN_TAYLORSEER_ORDER = 2
 # A preset's run with the default's 4 in a row reuses at most FIRST_STREAK_MAX steps in its first
-# streak (the reuses right after the warmup, before any later computed step): there the features
-# still change fastest and the calibration knows least, and the streak cost the image more than its
-# measured per-step errors said (config/presets.py).
+# streak (its first reuses in a row, normally right after the warmup): there the features still
+# change fastest, and the streak cost the image more than its measured per-step errors said
+# (config/presets.py).
 FIRST_STREAK_MAX = 3
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.

@@ -45,7 +45,7 @@ cell 38.5 dB); with the same computed steps but the first streak cut to 3 they h
 (42.5 dB pooled), while shortening the later streaks did not help. Capping every streak in the
 first quarter of the noise level instead mended that cell too but cost Qwen-layout runs on
 ComfyUI's shifted `simple` schedule 3 dB (43.1 -> 40.0: a quarter of the noise is half of those
-steps, and the computed steps moved where they mattered more); the first streak alone keeps 42.0.
+steps, and the computed steps moved where they mattered more); the first streak alone keeps 42.1.
 50-step runs (5 in a row) keep theirs (runs/2026-12-02_early_streak.md). Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
