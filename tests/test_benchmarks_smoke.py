@@ -113,6 +113,22 @@ def test_defaults_table_quick():
         assert all(0.0 < x["compute"] <= 1.0 + 1e-9 and x["psnr_min"] <= x["psnr"] for x in r["rows"])
 
 
+def test_seeds_table_quick():
+    from benchmarks import seeds as S
+
+    model, _ = bench.load_bundled("wan", tiny=True)
+    rows = S.measure("wan", ["default", "quality"], 2, steps=6, batch=2, model=model)
+    assert [(r.arch, r.setting) for r in rows] == [("wan", "default"), ("wan", "quality")]
+    for r in rows:
+        assert len(r.per_seed) == len(r.worst_image) == len(r.computed) == 2
+        assert all(w <= p for w, p in zip(r.worst_image, r.per_seed))
+        assert min(r.per_seed) - 1e-6 <= r.psnr <= max(r.per_seed) + 1e-6  # pooled MSE lies between the seeds'
+        assert all(1 <= c <= 6 for c in r.computed) and 0 <= r.lost <= 4
+        assert (r.lost > 0) == (min(r.worst_image) < S.LOST_DB)
+    text = S.markdown(rows, 2, {"cpu": "test"}, 1.0)
+    assert text.count("\n| wan |") == 2 and "- wan quality: " in text
+
+
 def test_candidate_screening_quick():
     """benchmarks.candidates: specs parse (a typo names the token), each candidate runs on the quick
     scenarios, and the summary line counts every cell."""

@@ -492,6 +492,7 @@ def test_taylorseer_extrapolates_polynomials_exactly():
     from cachedit.manager.taylorseer import TaylorSeries
 
     first = TaylorSeries(order=1)
+    first.update(torch.full((2,), 1000.0), 0)  # a series' first value never enters a difference
     for step in (2, 4):  # value = 3 * step, computed every other step
         first.update(torch.full((2,), 3.0 * step), step)
     assert torch.equal(first.predict(5), torch.full((2,), 15.0))
@@ -500,13 +501,40 @@ def test_taylorseer_extrapolates_polynomials_exactly():
     assert torch.equal(first.predict(7), torch.full((2,), 12.0))
     assert torch.equal(first.add_prediction(torch.ones(2), 7), torch.full((2,), 13.0))
     adjacent = TaylorSeries(order=1)
-    for step in (0, 1):  # a slope measured over one step extrapolates one step only
+    adjacent.update(torch.tensor([-50.0]), 0)
+    for step in (1, 2):  # a slope measured over one step extrapolates one step only
         adjacent.update(torch.tensor([float(step)]), step)
-    assert adjacent.predict(2).item() == 2.0 and adjacent.predict(3).item() == 1.0
+    assert adjacent.predict(3).item() == 3.0 and adjacent.predict(4).item() == 2.0
     in_place = TaylorSeries(order=1)  # the engine's in-place path keeps the same span rule
     for step in (0, 1, 4):
         in_place.update_residual(torch.tensor([2.0 * step + 1.0]), torch.ones(1), step)
     assert in_place.span == 3 and in_place.predict(7).item() == 14.0 and in_place.predict(8).item() == 8.0
+
+
+def test_taylorseer_takes_no_slope_from_the_first_computed_step():
+    """Steps 0 -> 1 leave the pure-noise input: their slope forecast step 2 of the bundled FLUX layout
+    20% off (plain reuse: 2%) and turned whole images into other digits. A reuse right after two
+    computed steps is the plain reuse of the second; one after three extrapolates from steps 1 -> 2."""
+    from cachedit.bundled import digits
+
+    model = digits.load_model()
+
+    def images(reused_step: int, order: int) -> torch.Tensor:
+        mask = [0 if i == reused_step else 1 for i in range(8)]
+        config = DBCacheConfig(Fn_compute_blocks=0, Bn_compute_blocks=0, residual_diff_threshold=0.24,
+                               max_warmup_steps=1, steps_computation_mask=mask, steps_computation_policy="static")
+        calibrator = TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+        cachedit.enable_cache(model.transformer, cache_config=config, calibrator_config=calibrator)
+        try:
+            out = digits.generate(model, [1, 7], num_steps=8, guidance_scale=3.0, seed=6, cfg_mode="batched")
+            assert cachedit.summary(model.transformer, logging=False)[0].cached_steps == [reused_step]
+        finally:
+            cachedit.disable_cache(model.transformer)
+        return out
+
+    plain = images(2, 0)
+    assert torch.equal(images(2, 1), plain) and torch.equal(images(2, 2), plain)
+    assert not torch.equal(images(3, 1), images(3, 0))  # from the third value on, TaylorSeer extrapolates
 
 
 def test_taylorseer_in_place_update_reuses_its_two_buffers_and_matches_the_plain_update():
@@ -527,17 +555,17 @@ def test_taylorseer_in_place_update_reuses_its_two_buffers_and_matches_the_plain
         x = torch.randn(4, 8, generator=g)
         assert torch.allclose(fused.add_prediction(x, step + 1), x + plain.predict(step + 1), atol=1e-6)
     second = TaylorSeries(order=2)
-    for step in (0, 1, 2):  # value = step**2: second differences recover it one step ahead
-        second.update(torch.tensor([float(step * step)]), step)
-    # TaylorSeer's expansion with backward differences: 4 + 3*1 + 2*1**2/2! = 8
-    assert second.predict(3).item() == pytest.approx(8.0)
-    short_then_long = TaylorSeries(order=2)  # value = step**2 seen at 0, 1, 5: the 2nd difference rests on a 1-step gap
-    for step in (0, 1, 5):
-        short_then_long.update(torch.tensor([float(step * step)]), step)
+    for step in (0, 1, 2, 3):  # value = step**2 from step 1: second differences recover it one step ahead
+        second.update(torch.tensor([float(step * step) if step else 7.0]), step)
+    # TaylorSeer's expansion with backward differences: 9 + 5*1 + 2*1**2/2! = 15
+    assert second.predict(4).item() == pytest.approx(15.0)
+    short_then_long = TaylorSeries(order=2)  # value = step**2 seen at 1, 2, 6: the 2nd difference rests on a 1-step gap
+    for step in (0, 1, 2, 6):
+        short_then_long.update(torch.tensor([float(step * step) if step else 7.0]), step)
     assert short_then_long.spans == [4, 1]
-    # k=1: both terms (25 + 6*1 + ((6-1)/4)*1/2); k=2: first difference only (25 + 6*2)
-    assert short_then_long.predict(6).item() == pytest.approx(25 + 6 + 1.25 / 2)
-    assert short_then_long.predict(7).item() == pytest.approx(25 + 12)
+    # k=1: both terms (36 + 8*1 + ((8-3)/4)*1/2); k=2: first difference only (36 + 8*2)
+    assert short_then_long.predict(7).item() == pytest.approx(36 + 8 + 1.25 / 2)
+    assert short_then_long.predict(8).item() == pytest.approx(36 + 16)
     shape_change = TaylorSeries(order=1)
     shape_change.update(torch.zeros(2), 0)
     shape_change.update(torch.ones(3), 1)

@@ -19,7 +19,8 @@ TaylorSeer order (a preset's long runs predict with order 2, shorter ones with o
 probe change costs a different error with each).
 
 With TaylorSeer, the run's second computed step measures a forecast from one point: the last
-residual itself, which no reuse one step after a computed one is (the series has a slope by then).
+residual itself, which no reuse one step after a computed one is (the series has a slope by then;
+the third computed step measures one too, as the first value never enters a slope: taylorseer.py).
 That error is provisional: it calibrates the thresholds only until the first real measurement of
 the order, and never mixes with real ones. Counted as real, the run's second step (where features
 change fastest) made the gap-1 ratio about 3x a later one and forced computes right after computed

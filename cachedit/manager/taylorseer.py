@@ -9,9 +9,18 @@ A difference term is never extrapolated further than the span it was measured ov
 is used only while k <= the shortest gap among the updates it was built from (beyond that the
 series falls back to the lower terms, down to the last value). Right after warmup the slope comes
 from two adjacent early steps (gap 1), where features change fastest; stretching it over a 3-step
-reuse window cost ~1 dB on the bundled model, and a second difference built on it cost up to 10 dB
-(cache-dit's calibrator avoids most of this by accident: its step counter starts one step late).
+reuse window cost ~1 dB on the bundled model, and a second difference built on it cost up to 10 dB.
 Later windows are measured over gap = window + 1 and extrapolate in full.
+
+The first value of a series (a run's first computed step: in text-to-image, the pure-noise input)
+never enters a difference; the second becomes the base the differences start from, as in
+ParaAttention's and cache-dit's TaylorSeer (no derivative before their third step). The features
+move far more from the first step to the second than at any later step: on the bundled FLUX layout
+the slope of steps 0 -> 1 forecast step 2's output 20% off where reusing step 1 is 2% off, and that
+one reuse turned one image of eight into another digit (11.9 dB) on two of twelve seeds; without the
+first value the twelve-seed PSNR of the default went 28.4 -> 40.6 dB on that layout and 38.3 -> 41.3
+on the Z-Image layout, the three others within 0.4 dB at the same or fewer computed steps
+(benchmarks/results/runs/2026-12-02_taylorseer_first_step.md).
 """
 
 from __future__ import annotations
@@ -27,10 +36,11 @@ from .buffers import sample_l1, sub_into
 class TaylorSeries:
     """Finite-difference Taylor terms of one tensor stream."""
 
-    __slots__ = ("order", "terms", "last_step", "spans", "d1_scale")
+    __slots__ = ("order", "terms", "last_step", "spans", "d1_scale", "values")
 
     def __init__(self, order: int) -> None:
         self.order = order
+        self.values = 0  # values recorded: differences start at the third (see the module docstring)
         self.terms: List[torch.Tensor] = []
         self.last_step: Optional[int] = None
         self.spans: List[int] = []  # spans[i - 1]: how far terms[i] may be extrapolated (its shortest gap)
@@ -40,7 +50,8 @@ class TaylorSeries:
         """Record the exact value computed at `step`."""
         new_terms = [value]
         spans: List[int] = []
-        if self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
+        self.values += 1
+        if self.values > 2 and self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
             gap = step - self.last_step
             for i in range(min(self.order, len(self.terms))):
                 diff = torch.sub(new_terms[i], self.terms[i])
@@ -69,6 +80,7 @@ class TaylorSeries:
             self.spans = [step - self.last_step]
             self.d1_scale = 1.0 / self.spans[0]
             self.last_step = step
+            self.values += 1
             return new_value
         self.update(out - base, step)
         return self.terms[0]
