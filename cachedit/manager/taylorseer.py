@@ -51,7 +51,8 @@ class TaylorSeries:
         new_terms = [value]
         spans: List[int] = []
         self.values += 1
-        if self.values > 2 and self.terms and self.last_step is not None and step > self.last_step and self.terms[0].shape == value.shape:
+        if (self.values > 2 and self.terms and self.last_step is not None and step > self.last_step
+                and self.terms[0].shape == value.shape):
             gap = step - self.last_step
             for i in range(min(self.order, len(self.terms))):
                 diff = torch.sub(new_terms[i], self.terms[i])
