@@ -287,27 +287,26 @@ def test_first_streak_cap_shortens_only_the_runs_first_streak():
 
 def test_end_streak_cap_shortens_only_the_streaks_of_the_runs_last_part():
     """From a noise progress of END_STREAK_FROM on, at most `end` steps are reused in a row; before,
-    the streaks are those of the run without the cap. Without the cap 4 reused steps run right into
-    the final step, where nothing corrects them."""
-    assert (END_STREAK_MAX, END_STREAK_FROM) == (2, 0.85)
+    the streaks are those of the run without the cap. Without the cap 4 reused steps run into the
+    run's last steps, where nothing corrects them."""
+    assert (END_STREAK_MAX, END_STREAK_FROM) == (2, 0.75)
     start = next(step for step in range(28) if step / 28 >= END_STREAK_FROM)
-    assert start == 24
+    assert start == 21
     without, capped = _reused(3), _reused(3, end=2)
     assert without[-5:] == [21, 22, 23, 24, 26]  # 4 in a row, 25 computes, 26 reused, 27 final
-    # 21-23 were reused before step 24: 24 computes, then 25 and 26 (2 in a row), 27 is final
-    assert capped == without[:-2] + [25, 26]
-    # a streak that starts in the last part stops at 2 as well: without the cap 24-26 run into the
-    # final step
-    assert _reused(3, changed=(18,))[-3:] == [24, 25, 26]
-    assert _reused(3, changed=(18,), end=2) == _reused(3, changed=(18,))[:-1]
-    assert [s for s in _reused(3, end=2, steps=40) if s / 40 >= END_STREAK_FROM] == [35, 36, 38]
+    # 21 and 22 reused, 23 computes, 24 and 25 reused, 26 computes, 27 is final
+    assert capped == [s for s in without if s < start] + [21, 22, 24, 25]
+    # a streak that began before the last part stops there once it has 2 steps
+    assert _reused(3, changed=(18,))[-7:] == [19, 20, 21, 22, 24, 25, 26]
+    assert _reused(3, changed=(18,), end=2)[-6:] == [19, 20, 22, 23, 25, 26]
+    assert [s for s in _reused(3, end=2, steps=40) if s / 40 >= END_STREAK_FROM] == [31, 32, 34, 35, 37, 38]
     assert _reused(3, end=2, in_a_row=1)[-4:] == [20, 22, 24, 26]  # a lower config cap still applies
 
 
-def test_default_reuses_at_most_two_in_a_row_once_the_noise_is_85_percent_down(monkeypatch):
+def test_default_reuses_at_most_two_in_a_row_once_the_noise_is_75_percent_down(monkeypatch):
     """On the bundled FLUX-layout model (28 Euler steps, batch 8, CFG 3), the default's generations
     reuse at most END_STREAK_MAX steps in a row once the noise level is END_STREAK_FROM of the way
-    down; without the rule the same generations run 4 reused steps into the final one."""
+    down; without the rule the same generations reuse 4 in a row there."""
     from cachedit.bundled import digits as D
     from cachedit.config import presets
 

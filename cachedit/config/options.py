@@ -73,11 +73,11 @@ LONG_RUN_TAYLORSEER_ORDER = 2
 # (config/presets.py).
 FIRST_STREAK_MAX = 3
 # ... and at most END_STREAK_MAX in a row once the noise level is END_STREAK_FROM of the way down
-# (the run's last part): there a streak reaches the last steps uncorrected, and 4 in a row right
-# before the final step cost multistep samplers 1-3 dB with every decision's probe under its
-# threshold (config/presets.py).
+# (the run's last part): there a streak reaches the last steps uncorrected, and 4 in a row late in
+# the run cost multistep samplers 1-5 dB with every decision's probe under its threshold
+# (config/presets.py).
 END_STREAK_MAX = 2
-END_STREAK_FROM = 0.85
+END_STREAK_FROM = 0.75
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
 SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)

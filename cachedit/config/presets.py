@@ -47,14 +47,17 @@ first quarter of the noise level instead mended that cell too but cost Qwen-layo
 ComfyUI's shifted `simple` schedule 3 dB (43.1 -> 40.0: a quarter of the noise is half of those
 steps, and the computed steps moved where they mattered more); the first streak alone keeps 42.1.
 50-step runs (5 in a row) keep theirs (runs/2026-12-02_early_streak.md). The same runs reuse at most
-END_STREAK_MAX (2) steps in a row once the noise is END_STREAK_FROM (85%) of the way down: a streak
+END_STREAK_MAX (2) steps in a row once the noise is END_STREAK_FROM (75%) of the way down: a streak
 there reaches the last steps with nothing to correct it, and 4 reused steps right before the final
 one (where their error is first measured: 3x the budget) put five of eighteen real-ComfyUI sampler
 cells (heun, uni_pc, dpmpp_2m, deis, res_multistep) at 38.7-39.8 dB, every decision's probe under its
-threshold. Over 12 seeds x 8 images it lifts the FLUX layout 40.6 -> 42.8 dB, Wan 41.2 -> 43.2,
-SD3 42.6 -> 44.8 and Z-Image 41.3 -> 42.2 (same compute), for about one more computed step per
-generation on FLUX/Wan (8.3 -> 9.2 of 28); 3 in a row gave the same, from 90% of the noise too, and
-paying for it with a higher budget (0.22, 0.25) cost Wan images (runs/2026-12-02_end_streak.md).
+threshold. Over 12 seeds x 8 images it lifts the FLUX layout 40.6 -> 43.3 dB, Wan 41.2 -> 43.6,
+Qwen 42.4 -> 43.1, SD3 42.6 -> 44.8 and Z-Image 41.3 -> 42.3, for 0.2-1.0 more computed step per
+generation (of 28). From 85% it cost less (FLUX, Wan and SD3 gained as much, Qwen and Z-Image kept
+their compute) but left 4-streaks just before that point: in real ComfyUI (FLUX layout, batch 4,
+3 seeds) uni_pc fell to 36.6 dB (40.1 without any end rule, 39.9 from 75%), and from 75% each of the
+eight deterministic samplers did better than from 85%. 3 in a row helped less on Wan; paying for it
+with a higher budget (0.22, 0.25) cost Wan images (runs/2026-12-02_end_streak.md).
 Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
