@@ -15,7 +15,7 @@ import torch
 import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS, resolve_options
 from cachedit.config.options import GlobalConfig
-from cachedit.config.options import END_STREAK_FROM, END_STREAK_MAX, FIRST_STREAK_MAX, LONG_RUN_STEPS
+from cachedit.config.options import FIRST_STREAK_MAX, LONG_RUN_STEPS
 from cachedit.config.presets import (LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, RunInfo, apply_settings,
                                      detect_family, family_of, plan_run)
 from cachedit.manager import placement as placement_mod
@@ -162,7 +162,7 @@ def test_long_runs_predict_with_order_two_at_their_budget():
     runs of unknown length and Wan's experts keep the standard budget and the order they have."""
     long = plan_run("balanced", "flux", RunInfo(LONG_RUN_STEPS), default_taylorseer=True)
     assert (long.rule, long.budget, long.taylorseer_order) == ("long run", LONG_RUN_BUDGETS["balanced"], 2)
-    assert long.label() == "balanced, long run: budget 0.2, warmup 2, first streak 3, end streak 2, TaylorSeer 2"
+    assert long.label() == "balanced, long run: budget 0.2, warmup 2, first streak 3, TaylorSeer 2"
     for run, default_taylorseer in ((RunInfo(LONG_RUN_STEPS - 1), True), (RunInfo(), True), (RunInfo(50), False)):
         short = plan_run("balanced", "flux", run, default_taylorseer=default_taylorseer)
         assert short.rule == "standard" and short.taylorseer_order is None and short.budget == QUALITY_PRESETS["balanced"]
@@ -199,8 +199,8 @@ def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_ro
     """What a run rule picks is what runs: the default's images of a long run are bit-identical to
     the explicit config of that rule (TaylorSeer order 2 at the long-run budget; 5 in a row from
     50 steps), and of a shorter run to order 1 at the preset's budget (the block cache takes the
-    run's order, not the order the model was enabled with). The first- and end-streak caps, which no
-    cache-dit config says, are set on the explicit run's options."""
+    run's order, not the order the model was enabled with). The first-streak cap, which no cache-dit
+    config says, is set on the explicit run's options."""
     from cachedit.bundled import digits as D
 
     model = D.load_model("flux")
@@ -213,7 +213,6 @@ def test_run_rule_runs_exactly_its_explicit_config(steps, order, budget, in_a_ro
         if kwargs:
             assert engine.base_options.preset is None and engine.base_options.first_streak_max is None
             engine.base_options.first_streak_max = FIRST_STREAK_MAX if in_a_row == 4 else None
-            engine.base_options.end_streak_max = END_STREAK_MAX if in_a_row == 4 else None
         images.append(D.generate(model, [3, 7], num_steps=steps, cfg_mode="none", seed=1))
         stats = cachedit.summary(model.transformer, logging=False)[0]
         assert stats.cached_steps  # steps were reused: the order mattered
@@ -228,29 +227,24 @@ def test_first_streak_rule_only_where_the_default_reuses_four_in_a_row():
     assert FIRST_STREAK_MAX == 3
     for run, kw in ((RunInfo(28), dict(default_taylorseer=True)), (RunInfo(16), {}), (RunInfo(), {}),
                     (RunInfo(LONGER_RUN_STEPS - 1), dict(default_taylorseer=True))):
-        settings = plan_run("balanced", "flux", run, **kw)
-        assert (settings.first_streak_max, settings.end_streak_max) == (3, 2)
+        assert plan_run("balanced", "flux", run, **kw).first_streak_max == 3
     for settings in (plan_run("balanced", "flux", RunInfo(LONGER_RUN_STEPS), default_taylorseer=True),
                      plan_run("fast", "flux", RunInfo(8)), plan_run("balanced", "wan", RunInfo(30), expert="low"),
                      plan_run("balanced", "wan", RunInfo(30), expert="high"),
                      plan_run("quality", "unet", RunInfo(30), step_level=True)):
-        assert settings.first_streak_max is None and settings.end_streak_max is None, settings.rule
+        assert settings.first_streak_max is None, settings.rule
     base = _opts()
-    assert base.first_streak_max is None and base.end_streak_max is None
-    applied = apply_settings(base, plan_run("balanced", "flux", RunInfo(28)))
-    assert (applied.first_streak_max, applied.end_streak_max) == (3, 2)
-    assert base.first_streak_max is None and base.end_streak_max is None  # a run does not change them
+    assert base.first_streak_max is None
+    assert apply_settings(base, plan_run("balanced", "flux", RunInfo(28))).first_streak_max == 3
+    assert base.first_streak_max is None  # the enabled options are not changed by a run
     with pytest.raises(ValueError, match=r"first_streak_max=-1.*integer in \[0, 1000\]"):
         cachedit.CacheOptions(first_streak_max=-1)
-    with pytest.raises(ValueError, match=r"end_streak_max=1.5.*integer in \[0, 1000\]"):
-        cachedit.CacheOptions(end_streak_max=1.5)
 
 
-def _reused(first: Optional[int], steps: int = 28, in_a_row: int = 4, changed=(), end: Optional[int] = None):
+def _reused(first: Optional[int], steps: int = 28, in_a_row: int = 4, changed=()):
     """Reused steps of an adaptive run at the default's config with error feedback (nothing measured
-    yet), `first` as the first-streak cap and `end` as the end-streak cap, whose probe never changes
-    except at the `changed` steps (a change above every threshold: those steps compute); a step's
-    noise progress is step / steps."""
+    yet) and `first` as the first-streak cap, whose probe never changes except at the `changed` steps
+    (a change above every threshold: those steps compute)."""
     from cachedit.manager.feedback import ErrorFeedback
     from cachedit.manager.state import BranchState
     from cachedit.manager.strategies import make_strategy
@@ -258,7 +252,6 @@ def _reused(first: Optional[int], steps: int = 28, in_a_row: int = 4, changed=()
     options = _opts()
     options.cache_config.max_continuous_cached_steps = in_a_row
     options.first_streak_max = first
-    options.end_streak_max = end
     strategy = make_strategy(options, ErrorFeedback(budget=0.15, initial_threshold=0.24))
     branch = BranchState(0)
     reused = []
@@ -283,54 +276,6 @@ def test_first_streak_cap_shortens_only_the_runs_first_streak():
     # a step that computes before any reuse does not end the first streak: it has not begun
     assert _reused(3, changed=(2, 3))[:8] == [4, 5, 6, 8, 9, 10, 11, 13]
     assert _reused(3, in_a_row=2)[:6] == [2, 3, 5, 6, 8, 9]  # a lower config cap still applies
-
-
-def test_end_streak_cap_shortens_only_the_streaks_of_the_runs_last_part():
-    """From a noise progress of END_STREAK_FROM on, at most `end` steps are reused in a row; before,
-    the streaks are those of the run without the cap. Without the cap 4 reused steps run into the
-    run's last steps, where nothing corrects them."""
-    assert (END_STREAK_MAX, END_STREAK_FROM) == (2, 0.75)
-    start = next(step for step in range(28) if step / 28 >= END_STREAK_FROM)
-    assert start == 21
-    without, capped = _reused(3), _reused(3, end=2)
-    assert without[-5:] == [21, 22, 23, 24, 26]  # 4 in a row, 25 computes, 26 reused, 27 final
-    # 21 and 22 reused, 23 computes, 24 and 25 reused, 26 computes, 27 is final
-    assert capped == [s for s in without if s < start] + [21, 22, 24, 25]
-    # a streak that began before the last part stops there once it has 2 steps
-    assert _reused(3, changed=(18,))[-7:] == [19, 20, 21, 22, 24, 25, 26]
-    assert _reused(3, changed=(18,), end=2)[-6:] == [19, 20, 22, 23, 25, 26]
-    assert [s for s in _reused(3, end=2, steps=40) if s / 40 >= END_STREAK_FROM] == [31, 32, 34, 35, 37, 38]
-    assert _reused(3, end=2, in_a_row=1)[-4:] == [20, 22, 24, 26]  # a lower config cap still applies
-
-
-def test_default_reuses_at_most_two_in_a_row_once_the_noise_is_75_percent_down(monkeypatch):
-    """On the bundled FLUX-layout model (28 Euler steps, batch 8, CFG 3), the default's generations
-    reuse at most END_STREAK_MAX steps in a row once the noise level is END_STREAK_FROM of the way
-    down; without the rule the same generations reuse 4 in a row there."""
-    from cachedit.bundled import digits as D
-    from cachedit.config import presets
-
-    model = D.load_model("flux")
-    sigmas = D.sigmas_schedule(28, model.sigma_shift).tolist()
-    late = [step for step in range(28) if 1.0 - sigmas[step] / sigmas[0] >= END_STREAK_FROM]
-
-    def late_streaks(cap: Optional[int]) -> list:
-        monkeypatch.setattr(presets, "END_STREAK_MAX", cap)
-        cachedit.enable_cache(model)
-        longest = []
-        for seed in range(3):
-            D.generate(model, list(range(8)), num_steps=28, cfg_mode="batched", seed=seed)
-            reused = set(cachedit.summary(model.transformer, logging=False)[0].cached_steps)
-            streak = best = 0
-            for step in range(28):
-                streak = streak + 1 if step in reused else 0
-                best = max(best, streak) if step in late else best
-            longest.append(best)
-        cachedit.disable_cache(model)
-        return longest
-
-    assert max(late_streaks(None)) == 4  # the rule off: 4 reused right before the final step
-    assert max(late_streaks(END_STREAK_MAX)) == END_STREAK_MAX
 
 
 def test_pipeline_steps_pick_the_few_step_rule():

@@ -72,12 +72,6 @@ LONG_RUN_TAYLORSEER_ORDER = 2
 # change fastest, and the streak cost the image more than its measured per-step errors said
 # (config/presets.py).
 FIRST_STREAK_MAX = 3
-# ... and at most END_STREAK_MAX in a row once the noise level is END_STREAK_FROM of the way down
-# (the run's last part): there a streak reaches the last steps uncorrected, and 4 in a row late in
-# the run cost multistep samplers 1-5 dB with every decision's probe under its threshold
-# (config/presets.py).
-END_STREAK_MAX = 2
-END_STREAK_FROM = 0.75
 # The step-schedule strategies (fixed, dynamic) keep the knobs they were measured with: a 1-block
 # probe (their reused steps refresh block 0), 3 warmup steps, at most 3 reused in a row.
 SCHEDULE_DEFAULTS = dict(ADAPTIVE_DEFAULTS, Fn_compute_blocks=1, max_warmup_steps=3, max_continuous_cached_steps=3)
@@ -131,9 +125,6 @@ class CacheOptions:
     # a preset's run rule: at most this many reused steps in the run's first streak (None: only
     # max_continuous_cached_steps applies)
     first_streak_max: Optional[int] = None
-    # a preset's run rule: at most this many reused steps in a row once the noise progress reaches
-    # END_STREAK_FROM (None: only max_continuous_cached_steps applies)
-    end_streak_max: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -175,8 +166,6 @@ class CacheOptions:
         check_bool("log_runs", self.log_runs)
         if self.first_streak_max is not None:
             check_int("first_streak_max", self.first_streak_max, 0, 1000)
-        if self.end_streak_max is not None:
-            check_int("end_streak_max", self.end_streak_max, 0, 1000)
         if self.blocks is not None:
             check_blocks(self.blocks)
         if not isinstance(self.cache_config, BasicCacheConfig):

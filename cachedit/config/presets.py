@@ -46,19 +46,7 @@ cell 38.5 dB); with the same computed steps but the first streak cut to 3 they h
 first quarter of the noise level instead mended that cell too but cost Qwen-layout runs on
 ComfyUI's shifted `simple` schedule 3 dB (43.1 -> 40.0: a quarter of the noise is half of those
 steps, and the computed steps moved where they mattered more); the first streak alone keeps 42.1.
-50-step runs (5 in a row) keep theirs (runs/2026-12-02_early_streak.md). The same runs reuse at most
-END_STREAK_MAX (2) steps in a row once the noise is END_STREAK_FROM (75%) of the way down: a streak
-there reaches the last steps with nothing to correct it, and 4 reused steps right before the final
-one (where their error is first measured: 3x the budget) put five of eighteen real-ComfyUI sampler
-cells (heun, uni_pc, dpmpp_2m, deis, res_multistep) at 38.7-39.8 dB, every decision's probe under its
-threshold. Over 12 seeds x 8 images it lifts the FLUX layout 40.6 -> 43.3 dB, Wan 41.2 -> 43.6,
-Qwen 42.4 -> 43.1, SD3 42.6 -> 44.8 and Z-Image 41.3 -> 42.3, for 0.2-1.0 more computed step per
-generation (of 28). From 85% it cost less (FLUX, Wan and SD3 gained as much, Qwen and Z-Image kept
-their compute) but left 4-streaks just before that point: in real ComfyUI (FLUX layout, batch 4,
-3 seeds) uni_pc fell to 36.6 dB (40.1 without any end rule, 39.9 from 75%), and from 75% each of the
-eight deterministic samplers did better than from 85%. 3 in a row helped less on Wan; paying for it
-with a higher budget (0.22, 0.25) cost Wan images (runs/2026-12-02_end_streak.md).
-Rules apply only to what the user did
+50-step runs (5 in a row) keep theirs (runs/2026-12-02_early_streak.md). Rules apply only to what the user did
 not set: any cache config, warmup or window given explicitly turns them off (`CacheOptions.preset`
 is None then).
 """
@@ -70,7 +58,7 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-from .options import ADAPTIVE_DEFAULTS, END_STREAK_MAX, FIRST_STREAK_MAX, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
+from .options import ADAPTIVE_DEFAULTS, FIRST_STREAK_MAX, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
 
 FEW_STEPS = 10  # a run of at most this many steps is a distilled few-step run
 # Warmup share of a few-step run per preset (cache-dit's 8-step masks: 5/8, 4/8, 3/8 computed first).
@@ -148,7 +136,6 @@ class RunSettings:
     window: Optional[tuple] = None  # (start_percent, end_percent) when the rule sets one
     taylorseer_order: Optional[int] = None  # the default TaylorSeer's order when the rule sets one
     first_streak_max: Optional[int] = None  # at most this many reused steps in the run's first streak
-    end_streak_max: Optional[int] = None  # at most this many reused in a row in the run's last part
 
     def label(self) -> str:
         """What the per-run log line and the stats node say, e.g. `balanced, few-step: warmup 4 ...`."""
@@ -158,8 +145,6 @@ class RunSettings:
         parts += [f"{names[k]} {v}" for k, v in self.config.items()]
         if self.first_streak_max is not None:
             parts.append(f"first streak {self.first_streak_max}")
-        if self.end_streak_max is not None:
-            parts.append(f"end streak {self.end_streak_max}")
         if self.taylorseer_order is not None:
             parts.append(f"TaylorSeer {self.taylorseer_order}")
         if self.window is not None:
@@ -199,11 +184,9 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
         if steps >= LONGER_RUN_STEPS:  # its own steps: see LONGER_RUN_STEPS
             config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
             first = None
-        end = None if first is None else END_STREAK_MAX
         return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
-                           taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, first_streak_max=first, end_streak_max=end)
-    return RunSettings(preset, family, "standard", budget, config, first_streak_max=first,
-                       end_streak_max=END_STREAK_MAX)
+                           taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, first_streak_max=first)
+    return RunSettings(preset, family, "standard", budget, config, first_streak_max=first)
 
 
 def apply_settings(options: Any, settings: RunSettings) -> Any:
@@ -219,5 +202,4 @@ def apply_settings(options: Any, settings: RunSettings) -> Any:
     if settings.window is not None:
         out.start_percent, out.end_percent = settings.window
     out.first_streak_max = settings.first_streak_max
-    out.end_streak_max = settings.end_streak_max
     return out.validate()

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Type
 
 from .feedback import ErrorFeedback
 from .state import BranchState
-from ..config.options import END_STREAK_FROM
 
 if TYPE_CHECKING:
     from ..config import CacheOptions
@@ -148,11 +147,11 @@ class AdaptiveStrategy(Strategy):
             return COMPUTE
         # the feedback's spans and buckets follow the noise level (a step's reuse error moves the
         # image by the step's sigma span); the window above follows the caller's progress
-        level = progress if noise_progress is None else noise_progress
-        threshold = self.feedback.threshold(step - branch.last_computed_step, level)
+        threshold = self.feedback.threshold(step - branch.last_computed_step,
+                                            progress if noise_progress is None else noise_progress)
         # the final step always computes: a reused last step shows directly in the image
         reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch) \
-            and not self.first_streak_capped(branch) and not self.end_streak_capped(branch, level)
+            and not self.first_streak_capped(branch)
         return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
 
     def first_streak_capped(self, branch: BranchState) -> bool:
@@ -161,12 +160,6 @@ class AdaptiveStrategy(Strategy):
         cap = self.options.first_streak_max
         streak = branch.continuous_cached_steps
         return cap is not None and streak >= cap and len(branch.cached_steps) == streak
-
-    def end_streak_capped(self, branch: BranchState, level: float) -> bool:
-        """A preset's cap on streaks in the run's last part is reached: the noise progress `level` is
-        at least END_STREAK_FROM and the current streak has `end_streak_max` steps."""
-        cap = self.options.end_streak_max
-        return cap is not None and level >= END_STREAK_FROM and branch.continuous_cached_steps >= cap
 
     def choose(self, branch: BranchState, step: int, progress: float, measure: Measure) -> Decision:
         threshold = float(self.config.residual_diff_threshold)
