@@ -46,7 +46,7 @@ def step_ranges(steps: Iterable[int]) -> str:
 
 def _budget_reasons(feedback: Any) -> tuple:
     """(English, Chinese) words for what lowered this run's budget (feedback.py): a CFG scale
-    above 3, CFG branches whose inputs differ in form."""
+    above 3, CFG branches whose inputs differ in form, a multistep / higher-order sampler."""
     en: List[str] = []
     zh: List[str] = []
     if feedback.guidance_scale() < 1.0:
@@ -55,6 +55,9 @@ def _budget_reasons(feedback: Any) -> tuple:
     if feedback.uneven_branches:
         en.append("with CFG branches of different inputs")
         zh.append("正负条件输入不同")
+    if feedback.sampler_scale() < 1.0:
+        en.append(f"with the {feedback.sampler} sampler (multistep / higher-order)")
+        zh.append(f"采样器 {feedback.sampler} 为多步/高阶")
     return " and ".join(en), "且".join(zh)
 
 
@@ -70,7 +73,7 @@ def _settings(engine: Any) -> tuple:
         zh.append(f"变化低于 {cfg.residual_diff_threshold:g} 时复用")
     elif options.strategy == "adaptive":
         run_budget = engine.run_budget()
-        if run_budget is not None and run_budget < budget:  # a high CFG scale or uneven branches lowered it
+        if run_budget is not None and run_budget < budget:  # a high CFG scale, uneven branches or the sampler lowered it
             why_en, why_zh = _budget_reasons(engine.feedback)
             en.append(f"error budget {budget:g}, {run_budget:.3g} {why_en} (the threshold follows the measured error)")
             zh.append(f"误差预算 {budget:g}，{why_zh}时为 {run_budget:.3g}（阈值随实测误差调整）")

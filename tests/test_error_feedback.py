@@ -11,6 +11,7 @@ import torch
 import cachedit
 from cachedit.config import ADAPTIVE_DEFAULTS, QUALITY_PRESETS
 from cachedit.events import bus
+from cachedit.manager import sampler_kind
 from cachedit.manager.feedback import ErrorFeedback, bucket_of
 from conftest import make_tiny_flux, sample
 
@@ -317,12 +318,52 @@ def test_budget_scales_down_above_the_reference_guidance():
     assert fb.threshold_at(1, 0.5) == pytest.approx(0.2 * 0.5 / 0.5)
 
 
+def test_budget_scales_down_on_a_higher_order_sampler():
+    """A multistep / higher-order sampler (ComfyUI name or diffusers scheduler class) gets 0.8 of the
+    budget, before and after a measurement; Euler-type ones and an unknown sampler keep all of it."""
+    fb = ErrorFeedback(budget=0.2, initial_threshold=0.24)
+    for name, scale in ((None, 1.0), ("euler", 1.0), ("ddim", 1.0), ("FlowMatchEulerDiscreteScheduler", 1.0),
+                        ("dpmpp_2m", 0.8), ("uni_pc", 0.8), ("heun", 0.8), ("UniPCMultistepScheduler", 0.8),
+                        ("my_custom_sampler", 0.8)):
+        fb.sampler = name
+        assert fb.run_budget() == pytest.approx(0.2 * scale) and fb.threshold_at(1, 0.5) == pytest.approx(0.24 * scale)
+    fb.guidance = 6.0  # the scales multiply
+    assert fb.run_budget() == pytest.approx(0.2 * 0.5 * 0.8)
+
+
+def test_comfy_sampler_names():
+    """ComfyUI's KSAMPLER is named as its sampler list says (`sample_unipc` is uni_pc, dpm_fast's
+    local function dpm_fast); another Sampler object by its class."""
+
+    def sample_dpmpp_2m():
+        pass
+
+    def sample_unipc():
+        pass
+
+    def dpm_fast_function():
+        pass
+
+    class KSAMPLER:
+        def __init__(self, function):
+            self.sampler_function = function
+
+    class MySampler:
+        pass
+
+    assert [sampler_kind.comfy_sampler_name(s) for s in (KSAMPLER(sample_dpmpp_2m), KSAMPLER(sample_unipc),
+                                                         KSAMPLER(dpm_fast_function), MySampler(), None)] == [
+        "dpmpp_2m", "uni_pc", "dpm_fast", "MySampler", None]
+
+
 class _Pipe:
     """What error feedback reads of a diffusers pipeline: `transformer`, and inside `__call__`
     `guidance_scale` with `do_classifier_free_guidance` (SD3, Wan...)."""
 
-    def __init__(self, transformer, cfg: bool = True):
+    def __init__(self, transformer, cfg: bool = True, scheduler=None):
         self.transformer, self._cfg, self._guidance_scale = transformer, cfg, None
+        if scheduler is not None:
+            self.scheduler = scheduler
 
     @property
     def guidance_scale(self):
@@ -353,6 +394,21 @@ def test_a_pipelines_cfg_scale_sets_the_runs_budget(tiny_flux, cfg, guidance, bu
     cachedit.enable_cache(tiny_flux)
     pipe(guidance)
     assert cachedit.summary(tiny_flux, logging=False)[0].error_budget == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("scheduler, budget", [("UniPCMultistepScheduler", 0.12), ("FlowMatchEulerDiscreteScheduler", 0.15),
+                                               (None, 0.15)])
+def test_a_pipelines_scheduler_sets_the_runs_budget(tiny_flux, scheduler, budget):
+    """enable_cache(pipe): each run reads the pipeline's scheduler class; a multistep one (UniPC: Wan's
+    default in diffusers) gets 0.8 of the budget, an Euler one or none all of it."""
+    kind = type(scheduler, (), {})() if scheduler is not None else None
+    pipe = _Pipe(tiny_flux, cfg=False, scheduler=kind)
+    cachedit.enable_cache(pipe)
+    engine = cachedit.get_manager().entry(tiny_flux).engine
+    pipe(1.0)
+    assert engine.feedback.sampler == scheduler
+    assert cachedit.summary(pipe, logging=False)[0].error_budget == pytest.approx(budget)
+    cachedit.disable_cache(pipe)
 
 
 @pytest.mark.parametrize("follow", [True, False])

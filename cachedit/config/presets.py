@@ -122,6 +122,7 @@ class RunInfo:
     start: float = 0.0  # share of the whole denoising done when it starts (ComfyUI: from the sigmas)
     end: Optional[float] = None  # share done when it ends (None: unknown, taken as the end)
     guidance: Optional[float] = None  # its classifier-free guidance scale (None: unknown or no CFG)
+    sampler: Optional[str] = None  # its sampler's name (ComfyUI) or scheduler class (None: unknown)
 
 
 @dataclasses.dataclass(frozen=True)

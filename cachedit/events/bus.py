@@ -10,8 +10,8 @@ Signals and their payloads:
 - `run_started`:      name, run (index), reason ("first call"|"timestep went back up"|...)
 - `branch_reset`:     name, run, branch, reason (a branch's input changed shape/dtype/device: fresh buffers)
 - `run_finished`:     name, run, record (RunRecord: per-step decisions and diffs), cache_bytes, options,
-                      middle_share (share of the block compute a reused step skips), error_budget, guidance and
-                      uneven_branches (what lowered this run's budget, or None)
+                      middle_share (share of the block compute a reused step skips), error_budget, guidance,
+                      uneven_branches and sampler (what lowered this run's budget, or None)
 - `step_computed`:    name, run, step, branch, diff (float or None), threshold (float or None),
                       blocks (computed), total_blocks
 - `cache_hit`:        the same as `step_computed`, for a reused step

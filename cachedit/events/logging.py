@@ -104,8 +104,8 @@ class LogSubscriber:
         reused = sum(1 for s in steps if s.reused)
         options = p.get("options")
         speedup = round(report.estimated_speedup(reused, total, p.get("middle_share", 1.0)), 2) if total else None
-        preset = {k: p[k] for k in ("family", "setting", "guidance", "uneven_branches") if p.get(k) is not None}
-        # presets.py; a CFG scale or CFG branches of different form that lowered the budget (feedback.py)
+        preset = {k: p[k] for k in ("family", "setting", "guidance", "uneven_branches", "sampler") if p.get(k) is not None}
+        # presets.py; a CFG scale, CFG branches of different form or a higher-order sampler that lowered the budget
         if getattr(record, "noisy_from", None) is not None:  # sampler_noise.py
             preset["sampler_noise"] = f"every step computed from step {record.noisy_from}"
         log.info("cachedit.run", model=p.get("name"), run=p.get("run"), **preset,

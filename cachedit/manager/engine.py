@@ -16,6 +16,7 @@ then the decision), and each segment's input and output (`segment_input` / `segm
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Callable, Hashable, List, Optional, Sequence
 
@@ -102,10 +103,12 @@ class CacheEngine:
                 "error_budget": self.run_budget(),
                 "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None,
                 "uneven_branches": (f"budget x{UNEVEN_BRANCHES_SCALE:g}"
-                                    if fb is not None and fb.uneven_branches else None)}
+                                    if fb is not None and fb.uneven_branches else None),
+                "sampler": (f"{fb.sampler}: budget x{fb.sampler_scale():g}"
+                            if fb is not None and fb.sampler_scale() < 1.0 else None)}
 
     def run_budget(self) -> Optional[float]:
-        """The error budget of the current/last run (the CFG scale applied), None without feedback."""
+        """The error budget of the current/last run (CFG scale, branches and sampler applied), None without feedback."""
         return self.feedback.run_budget() if self.feedback is not None else None
 
     def expect_run(self, info: RunInfo) -> None:
@@ -122,18 +125,20 @@ class CacheEngine:
             # it the last step is guessed from the pace of the one before, which a shifted schedule (its last
             # step the longest) misses: SD3-layout model, shift 3, 20 steps: the last step was reused.
             run.total_steps = piped.steps
-        if self.feedback is not None:  # guidance multiplies reuse errors: the budget follows it
+        if self.feedback is not None:  # guidance and higher-order samplers carry reuse errors further: the budget follows
             guidance = hint.guidance if hint is not None else None
             if guidance is None and piped is not None:
                 guidance = piped.guidance
             self.feedback.guidance = guidance
+            sampler = hint.sampler if hint is not None else None
+            self.feedback.sampler = sampler if sampler is not None or piped is None else piped.sampler
             self.feedback.uneven_branches = False  # until this run's branches show otherwise (decisions.py)
         if self.base_options.preset is None:
             return
         info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)
         steps = run.total_steps if run.total_steps is not None else piped.steps if piped is not None else None
         if info.total_steps is None and steps is not None:
-            info = RunInfo(steps, info.start, info.end, info.guidance)
+            info = dataclasses.replace(info, total_steps=steps)
         self.run_settings = plan_run(self.base_options.preset, self.family, info, self.layout.step_level, self.expert,
                                      self.base_options.default_taylorseer)
         self.options = apply_settings(self.base_options, self.run_settings)

@@ -46,6 +46,10 @@ multiplied by g, which the per-branch measurement does not see (bundled FLUX-lay
 budget: 45.8 dB at CFG 3, 38.9 dB at CFG 6). The budget holds as given up to REF_GUIDANCE (the
 guidance the presets were chosen at) and scales with REF_GUIDANCE / g above it, when the run's
 guidance is known (ComfyUI's guider, a diffusers pipeline's `guidance_scale` while it does CFG).
+
+And it depends on the sampler: it holds as given for Euler, which uses each output once, and takes
+sampler_kind.HIGHER_ORDER_BUDGET_SCALE of it on a multistep or higher-order sampler, which carries
+a reused output's error into the next steps (sampler_kind.py).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Dict, Hashable, Optional, Tuple
+
+from . import sampler_kind
 
 BUCKETS = 4  # sampling progress is split in this many parts
 REF_SPAN = 1.0 / 28  # the step span the budget is stated for (a uniform 28-step run)
@@ -78,6 +84,7 @@ class ErrorFeedback:
     span: Optional[float] = None  # progress between the last two steps decided (None: not known yet)
     guidance: Optional[float] = None  # this run's CFG scale (None: not known, or no CFG)
     uneven_branches: bool = False  # this run's CFG branches differ in form (see run_budget)
+    sampler: Optional[str] = None  # this run's sampler / scheduler name (None: not known)
     _progress: Optional[float] = None  # progress of the last step decided
     _tables: Dict[int, Dict[Tuple[int, int], float]] = dataclasses.field(default_factory=dict)  # order -> log_ratios
     _predictor: Optional[int] = None  # the TaylorSeer order `log_ratios` belongs to (None: not said yet)
@@ -157,18 +164,23 @@ class ErrorFeedback:
         return REF_GUIDANCE / g if g is not None and math.isfinite(g) and g > REF_GUIDANCE else 1.0
 
     def run_budget(self) -> float:
-        """The budget of this run's reuses at the reference step span (the guidance applied).
+        """The budget of this run's reuses at the reference step span (guidance and sampler applied).
 
-        Halved when the run's CFG branches run inputs of different form (separate calls whose
+        A quarter of it (UNEVEN_BRANCHES_SCALE) when the run's CFG branches run inputs of different form (separate calls whose
         hidden streams differ in length or in additions between blocks: a reference image or a
         ControlNet on the positive only): their reuse errors then no longer cancel in
         v_uncond + g * (v_cond - v_uncond), and per-branch errors within the budget moved the
         image 2-3x more than where the branches are alike."""
         return self.budget * self.budget_scale()
 
+    def sampler_scale(self) -> float:
+        """What this run's sampler makes of the budget: 1 for Euler or an unknown one (sampler_kind.py)."""
+        return sampler_kind.budget_scale(self.sampler)
+
     def budget_scale(self) -> float:
-        """What this run's guidance and branches make of the budget (see run_budget)."""
-        return self.guidance_scale() * (UNEVEN_BRANCHES_SCALE if self.uneven_branches else 1.0)
+        """What this run's guidance, branches and sampler make of the budget (see run_budget)."""
+        return (self.guidance_scale() * (UNEVEN_BRANCHES_SCALE if self.uneven_branches else 1.0)
+                * self.sampler_scale())
 
     def threshold_at(self, gap: int, progress: float, span: Optional[float] = None) -> float:
         """The probe change below which a reuse at `gap` steps, used for a step of `span`, keeps

@@ -1,4 +1,4 @@
-"""The run's classifier-free guidance scale and step count, read from the pipeline that runs the model.
+"""The run's classifier-free guidance scale, step count and scheduler, read from the pipeline that runs the model.
 
 Error feedback scales its budget down at high guidance (feedback.py). ComfyUI tells the engine the
 guider's cfg before each run (RunInfo); a diffusers pipeline knows its own: inside `__call__` it
@@ -12,6 +12,7 @@ The step count comes from the same place: diffusers pipelines set `num_timesteps
 their timestep schedule) before the denoising loop, so it is there when the first model call of a
 run starts it: the presets' few-step rule (FLUX schnell, Lightning / Turbo LoRAs) then applies in
 diffusers as it does in ComfyUI (presets.py); a transformer enabled alone does not know its steps.
+The scheduler's class says the sampler (error feedback's budget follows it: sampler_kind.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import dataclasses
 import math
 import weakref
 from typing import Any, Callable, Optional
+
+from .sampler_kind import pipeline_scheduler_name
 
 
 def pipeline_guidance(pipe: Any) -> Optional[float]:
@@ -48,14 +51,15 @@ def pipeline_steps(pipe: Any) -> Optional[int]:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineRun:
-    """What a pipeline says about the run it is in: its CFG scale and its number of steps."""
+    """What a pipeline says about the run it is in: its CFG scale, its number of steps, its scheduler."""
 
     guidance: Optional[float]
     steps: Optional[int]
+    sampler: Optional[str] = None  # the scheduler's class name
 
 
 def probe_for(pipe: Any) -> Optional[Callable[[], PipelineRun]]:
-    """A callable reading `pipe`'s guidance and steps at each run start, holding `pipe` weakly
+    """A callable reading `pipe`'s guidance, steps and scheduler at each run start, holding `pipe` weakly
     (None when `pipe` takes no weak references)."""
     try:
         ref = weakref.ref(pipe)
@@ -66,6 +70,6 @@ def probe_for(pipe: Any) -> Optional[Callable[[], PipelineRun]]:
         target = ref()
         if target is None:
             return PipelineRun(None, None)
-        return PipelineRun(pipeline_guidance(target), pipeline_steps(target))
+        return PipelineRun(pipeline_guidance(target), pipeline_steps(target), pipeline_scheduler_name(target))
 
     return probe

@@ -17,13 +17,13 @@ import pytest
 from .test_nodes_comfyui import REPO, _custom_nodes_dir, _run, pack  # noqa: F401 (pack is a fixture)
 
 
-def _sample(h, model, arch="flux", steps=6, start=None, last=None, seed=0, cfg=2.0):
+def _sample(h, model, arch="flux", steps=6, start=None, last=None, seed=0, cfg=2.0, sampler="euler"):
     import torch
     import nodes
 
     pos, neg = h.make_conditioning(arch)
     with torch.inference_mode():
-        (out,) = nodes.common_ksampler(model, seed, steps, cfg, "euler", "simple", pos, neg, h.empty_latent(arch),
+        (out,) = nodes.common_ksampler(model, seed, steps, cfg, sampler, "simple", pos, neg, h.empty_latent(arch),
                                        start_step=start, last_step=last,
                                        force_full_denoise=last is None or last >= steps)
     return out["samples"]
@@ -118,6 +118,31 @@ def test_ksampler_cfg_sets_the_runs_error_budget(pack, comfy_harness, caplog, cf
     assert ("error budget 0.15, 0.075 at CFG 6 " in text) == (cfg > 3) and f", budget {budget:g}; " in text, text
     _sample(h, model, arch="sd3", steps=10, cfg=3.0)
     assert engine.feedback.guidance == 3.0 and engine.feedback.run_budget() == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("sampler, scale", [("dpmpp_2m", 0.8), ("uni_pc", 0.8), ("heun", 0.8), ("euler", 1.0)])
+def test_the_sampler_sets_the_runs_error_budget(pack, comfy_harness, caplog, sampler, scale):  # noqa: F811
+    """KSampler's sampler reaches error feedback each run: a multistep / higher-order one gets 0.8 of
+    the budget (sampler_kind.py), said in the run's log line, the stats and the Detailed Stats text;
+    the next run with euler has the whole budget again."""
+    import cachedit
+
+    h = comfy_harness
+    model = cachedit.enable_cache(h.build_model("sd3"))
+    with caplog.at_level(logging.INFO, logger="cachedit"):
+        _sample(h, model, arch="sd3", steps=10, sampler=sampler)
+    engine = _engine(model)
+    budget = 0.15 * scale
+    assert engine.feedback.sampler == sampler and engine.feedback.run_budget() == pytest.approx(budget)
+    stats = cachedit.summary(model, logging=False)[0]
+    assert stats.reuse_errors and stats.error_budget == pytest.approx(budget)
+    line = next(r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage())
+    assert (f"{sampler}: budget x0.8" in line) == (scale < 1), line
+    text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=model)[2]
+    said = f"error budget 0.15, 0.12 with the {sampler} sampler (multistep / higher-order) "
+    assert (said in text) == (scale < 1) and f", budget {budget:g}; " in text, text
+    _sample(h, model, arch="sd3", steps=10)
+    assert engine.feedback.sampler == "euler" and engine.feedback.run_budget() == pytest.approx(0.15)
 
 
 def test_wan22_experts_each_own_cache_and_rule(comfy_harness):

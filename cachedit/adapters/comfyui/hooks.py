@@ -2,7 +2,8 @@
 removed from a ModelPatcher through ComfyUI's official extension points only.
 
 * a keyed `WrappersMP.OUTER_SAMPLE` wrapper: one sampling run = one engine run (closed before and,
-  in a `finally`, after sampling, so a cancelled run leaves nothing behind); records the sigmas;
+  in a `finally`, after sampling, so a cancelled run leaves nothing behind); records the sigmas
+  and tells the engine the guider's CFG scale and the sampler's name;
 * a keyed `WrappersMP.APPLY_MODEL` wrapper (runs for every model, SD3 included): opens each model
   call with its step, its progress as ComfyUI measures it (the sigma's percent, progress.py), its
   CFG branch (keyed by the conditioning uuids) and whether a ControlNet / VACE adds to the
@@ -23,6 +24,7 @@ import torch
 from ...manager.blocks import BlockIO
 from ...manager.engine import CacheEngine
 from ...manager.protocol import Streams, block_forward
+from ...manager.sampler_kind import comfy_sampler_name
 from ...config.presets import RunInfo
 from .handle import KEY, _Handle
 from .memory import prepare_sampling_wrapper, remember_run
@@ -120,9 +122,10 @@ def _outer_sample_wrapper(handle: _Handle) -> Callable:
 
     def outer_sample(executor, *args, **kwargs):
         sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
         engine.finish_run()
         handle.set_schedule(sigmas)
-        engine.expect_run(_run_info(handle, getattr(executor, "class_obj", None)))
+        engine.expect_run(_run_info(handle, getattr(executor, "class_obj", None), comfy_sampler_name(sampler)))
         try:
             return executor(*args, **kwargs)
         finally:
@@ -134,19 +137,19 @@ def _outer_sample_wrapper(handle: _Handle) -> Callable:
     return outer_sample
 
 
-def _run_info(handle: _Handle, guider: Any) -> RunInfo:
+def _run_info(handle: _Handle, guider: Any, sampler: Optional[str] = None) -> RunInfo:
     """What a run covers (presets.py): its steps and the share of the whole denoising done at its
-    first and last sigma (a Wan 2.2 expert's run covers one part of it), and the guider's CFG scale
-    (error feedback's budget follows it)."""
+    first and last sigma (a Wan 2.2 expert's run covers one part of it), the guider's CFG scale and
+    the `sampler`'s name (error feedback's budget follows both)."""
     cfg = getattr(guider, "cfg", None)  # CFGGuider's scale; BasicGuider has none, DualCFGGuider two
     guidance = float(cfg) if isinstance(cfg, (int, float)) and not isinstance(cfg, bool) else None
     schedule = handle.schedule
     if not schedule:
-        return RunInfo(guidance=guidance)
+        return RunInfo(guidance=guidance, sampler=sampler)
     patcher = getattr(guider, "model_patcher", None)
     sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
     start, end = handle.progress(sampling, schedule[0]), handle.progress(sampling, schedule[-1])
-    return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end, guidance)
+    return RunInfo(len(schedule) - 1, start if start is not None else 0.0, end, guidance, sampler)
 
 
 def _span_start(handle: _Handle) -> Optional[float]:

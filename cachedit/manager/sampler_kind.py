@@ -1,0 +1,72 @@
+"""Sampler kind: Euler, which error feedback's budget is stated for, or a sampler that carries a
+reused step's error further (multistep and higher-order solvers), whose runs get a smaller budget.
+
+Euler uses each model output once: x += v * d_sigma. Multistep solvers (dpmpp_2m, deis,
+res_multistep, uni_pc, ipndm, lms; diffusers' UniPC and DPM-Solver multistep schedulers, Wan's and
+SD1.5's defaults) extrapolate from the last outputs with weights above 1, and Heun-type solvers
+(heun, dpm_2; diffusers' FlowMatchHeun) correct a step with a second output: a reused output's
+error goes into the next steps too. Measured in real ComfyUI (bundled FLUX and Wan layouts, 28
+steps, batch 8, CFG 3, seeds 0-2, the default `balanced` budget 0.2 of a 28-step run): Euler 41.7 /
+41.4 dB, but heun, dpmpp_2m, uni_pc, deis and res_multistep 39.0-40.7 on FLUX and dpmpp_2m, deis,
+res_multistep 38.5-39.4 on Wan, with every measured reuse error within the budget. At 0.8 of the
+budget (0.16) every one of those cells held 41.7-47.7 dB for 1-2 more computed steps of 28 per
+generation (benchmarks/results/runs/2026-12-02_sampler_budget.md); at 0.9 FLUX uni_pc stayed at
+39.6. Euler runs, and runs whose sampler is not known (a transformer enabled without its pipeline),
+keep the budget as given.
+
+The sampler is read by name: ComfyUI's KSAMPLER holds its sampling function (`sample_<name>`), a
+diffusers pipeline its scheduler. A sampler from another node pack, under a name not known here as
+Euler, counts as higher-order: the smaller budget costs a computed step where the larger one could
+cost the image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+HIGHER_ORDER_BUDGET_SCALE = 0.8  # the budget's share on a sampler other than Euler
+
+# ComfyUI sampler names that take one output per step and use it once (ddim runs sample_euler;
+# the ancestral / SDE ones among them are caught by sampler_noise.py anyway).
+EULER_SAMPLERS = frozenset({"euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "ddim", "ddpm",
+                            "lcm"})
+# ComfyUI sampler names whose function is named otherwise (sample_unipc runs "uni_pc").
+COMFY_FUNCTION_NAMES = {"unipc": "uni_pc", "unipc_bh2": "uni_pc_bh2"}
+# diffusers scheduler classes of the same kind.
+EULER_SCHEDULERS = frozenset({"FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler",
+                              "EulerAncestralDiscreteScheduler", "DDIMScheduler", "DDPMScheduler", "LCMScheduler",
+                              "FlowMatchLCMScheduler"})
+
+
+def comfy_sampler_name(sampler: Any) -> Optional[str]:
+    """The name of a ComfyUI sampler object as its sampler list says it: KSAMPLER's function without
+    `sample_` (`dpm_fast` for its local dpm_fast_function, `uni_pc` for sample_unipc), another
+    Sampler's class name; None for None."""
+    if sampler is None:
+        return None
+    function = getattr(sampler, "sampler_function", None)
+    name = getattr(function, "__name__", None) if function is not None else None
+    if not isinstance(name, str) or not name:
+        return type(sampler).__name__
+    if name.startswith("sample_"):
+        name = name[len("sample_"):]
+    elif name.endswith("_function"):
+        name = name[: -len("_function")]
+    return COMFY_FUNCTION_NAMES.get(name, name)
+
+
+def pipeline_scheduler_name(pipe: Any) -> Optional[str]:
+    """The class name of a diffusers pipeline's scheduler, None when it has none."""
+    scheduler = getattr(pipe, "scheduler", None)
+    return type(scheduler).__name__ if scheduler is not None else None
+
+
+def is_euler(name: str) -> bool:
+    """Whether a ComfyUI sampler name or a diffusers scheduler class name is an Euler-type sampler."""
+    return name in EULER_SAMPLERS or name in EULER_SCHEDULERS
+
+
+def budget_scale(name: Optional[str]) -> float:
+    """What a run's sampler makes of the error budget: 1 for Euler or an unknown sampler (None),
+    HIGHER_ORDER_BUDGET_SCALE for any other."""
+    return 1.0 if name is None or is_euler(name) else HIGHER_ORDER_BUDGET_SCALE
