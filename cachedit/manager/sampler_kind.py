@@ -2,8 +2,8 @@
 reused step's error further (multistep and higher-order solvers), whose runs get a smaller budget.
 
 Euler uses each model output once: x += v * d_sigma. Multistep solvers (dpmpp_2m, deis,
-res_multistep, uni_pc, ipndm, lms; diffusers' UniPC and DPM-Solver multistep schedulers, Wan's and
-SD1.5's defaults) extrapolate from the last outputs with weights above 1, and Heun-type solvers
+res_multistep, uni_pc, ipndm, lms; diffusers' UniPC, DPM-Solver multistep and PNDM schedulers:
+Wan's and SD1.5's defaults there) extrapolate from the last outputs with weights above 1, and Heun-type solvers
 (heun, dpm_2; diffusers' FlowMatchHeun) correct a step with a second output: a reused output's
 error goes into the next steps too. Measured in real ComfyUI (bundled FLUX and Wan layouts, 28
 steps, batch 8, CFG 3, seeds 0-2, the default `balanced` budget 0.2 of a 28-step run): Euler 41.7 /
