@@ -56,8 +56,10 @@ def _budget_reasons(feedback: Any) -> tuple:
         en.append("with CFG branches of different inputs")
         zh.append("正负条件输入不同")
     if feedback.sampler_scale() < 1.0:
-        en.append(f"with the {feedback.sampler} sampler (multistep / higher-order)")
-        zh.append(f"采样器 {feedback.sampler} 为多步/高阶")
+        end = feedback.reuse_end()
+        en.append(f"with the {feedback.sampler} sampler (multistep / higher-order"
+                  + (f"; no reuse after {end:.0%} of the noise at this CFG)" if end is not None else ")"))
+        zh.append(f"采样器 {feedback.sampler} 为多步/高阶" + (f"（此 CFG 下噪声降低 {end:.0%} 后不再复用）" if end is not None else ""))
     return " and ".join(en), "且".join(zh)
 
 

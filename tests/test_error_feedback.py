@@ -323,12 +323,32 @@ def test_budget_scales_down_on_a_higher_order_sampler():
     budget, before and after a measurement; Euler-type ones and an unknown sampler keep all of it."""
     fb = ErrorFeedback(budget=0.2, initial_threshold=0.24)
     for name, scale in ((None, 1.0), ("euler", 1.0), ("ddim", 1.0), ("FlowMatchEulerDiscreteScheduler", 1.0),
-                        ("dpmpp_2m", 0.8), ("uni_pc", 0.8), ("heun", 0.8), ("UniPCMultistepScheduler", 0.8),
-                        ("my_custom_sampler", 0.8)):
+                        ("dpmpp_2m", 0.8), ("heun", 0.8), ("UniPCMultistepScheduler", 0.8), ("my_custom_sampler", 0.8),
+                        ("uni_pc", 0.6), ("deis", 0.6), ("ipndm", 0.6)):
         fb.sampler = name
         assert fb.run_budget() == pytest.approx(0.2 * scale) and fb.threshold_at(1, 0.5) == pytest.approx(0.24 * scale)
+        assert fb.reuse_end() is None  # no CFG known
     fb.guidance = 6.0  # the scales multiply
-    assert fb.run_budget() == pytest.approx(0.2 * 0.5 * 0.8)
+    assert fb.run_budget() == pytest.approx(0.2 * 0.5 * 0.6)
+
+
+@pytest.mark.parametrize("sampler, guidance, end", [("uni_pc", 6.0, 0.15), ("deis", 3.5, 0.15), ("uni_pc", 3.0, None),
+                                                    ("dpmpp_2m", 6.0, None), ("euler", 6.0, None), (None, 6.0, None)])
+def test_high_order_samplers_under_guidance_stop_reusing_early(sampler, guidance, end):
+    """A multistep sampler of order 3+ above CFG 3 reuses only in the first 15% of the noise level
+    (sampler_kind.reuse_end): the adaptive strategy computes past it however small the change."""
+    from cachedit.manager.state import BranchState
+    from cachedit.manager.strategies import AdaptiveStrategy
+
+    fb = ErrorFeedback(budget=0.2, initial_threshold=0.24, sampler=sampler, guidance=guidance)
+    assert fb.reuse_end() == end
+    options = cachedit.config.CacheOptions(cache_config=cachedit.DBCacheConfig(**ADAPTIVE_DEFAULTS)).validate()
+    strategy = AdaptiveStrategy(options, feedback=fb)
+    for progress, reused in ((0.1, True), (0.5, end is None)):
+        branch = BranchState(index=0)
+        branch.last_computed_step = 9
+        decision = strategy.decide(branch, 10, progress, lambda: 1e-4, noise_progress=progress)
+        assert decision.reuse == reused, (progress, decision)
 
 
 def test_comfy_sampler_names():

@@ -104,8 +104,17 @@ class CacheEngine:
                 "guidance": fb.guidance if fb is not None and fb.guidance_scale() < 1.0 else None,
                 "uneven_branches": (f"budget x{UNEVEN_BRANCHES_SCALE:g}"
                                     if fb is not None and fb.uneven_branches else None),
-                "sampler": (f"{fb.sampler}: budget x{fb.sampler_scale():g}"
-                            if fb is not None and fb.sampler_scale() < 1.0 else None)}
+                "sampler": self._sampler_note()}
+
+    def _sampler_note(self) -> Optional[str]:
+        """What the run's sampler did to the budget (sampler_kind.py), e.g. `uni_pc: budget x0.6, no
+        reuse after 15% of the noise`; None when nothing."""
+        fb = self.feedback
+        if fb is None or fb.sampler_scale() >= 1.0:
+            return None
+        end = fb.reuse_end()
+        return f"{fb.sampler}: budget x{fb.sampler_scale():g}" + (
+            f", no reuse after {end:.0%} of the noise" if end is not None else "")
 
     def run_budget(self) -> Optional[float]:
         """The error budget of the current/last run (CFG scale, branches and sampler applied), None without feedback."""

@@ -173,6 +173,11 @@ class ErrorFeedback:
         image 2-3x more than where the branches are alike."""
         return self.budget * self.budget_scale()
 
+    def reuse_end(self) -> Optional[float]:
+        """The noise progress after which this run reuses nothing (a high-order multistep sampler under
+        strong guidance: sampler_kind.reuse_end), None for no end."""
+        return sampler_kind.reuse_end(self.sampler, self.guidance)
+
     def sampler_scale(self) -> float:
         """What this run's sampler makes of the budget: 1 for Euler or an unknown one (sampler_kind.py)."""
         return sampler_kind.budget_scale(self.sampler)

@@ -120,11 +120,11 @@ def test_ksampler_cfg_sets_the_runs_error_budget(pack, comfy_harness, caplog, cf
     assert engine.feedback.guidance == 3.0 and engine.feedback.run_budget() == pytest.approx(0.15)
 
 
-@pytest.mark.parametrize("sampler, scale", [("dpmpp_2m", 0.8), ("uni_pc", 0.8), ("heun", 0.8), ("euler", 1.0)])
+@pytest.mark.parametrize("sampler, scale", [("dpmpp_2m", 0.8), ("uni_pc", 0.6), ("heun", 0.8), ("euler", 1.0)])
 def test_the_sampler_sets_the_runs_error_budget(pack, comfy_harness, caplog, sampler, scale):  # noqa: F811
     """KSampler's sampler reaches error feedback each run: a multistep / higher-order one gets 0.8 of
-    the budget (sampler_kind.py), said in the run's log line, the stats and the Detailed Stats text;
-    the next run with euler has the whole budget again."""
+    the budget, one of order 3 (uni_pc) 0.6 (sampler_kind.py), said in the run's log line, the stats
+    and the Detailed Stats text; the next run with euler has the whole budget again."""
     import cachedit
 
     h = comfy_harness
@@ -137,9 +137,9 @@ def test_the_sampler_sets_the_runs_error_budget(pack, comfy_harness, caplog, sam
     stats = cachedit.summary(model, logging=False)[0]
     assert stats.reuse_errors and stats.error_budget == pytest.approx(budget)
     line = next(r.getMessage() for r in caplog.records if "cachedit.run" in r.getMessage())
-    assert (f"{sampler}: budget x0.8" in line) == (scale < 1), line
+    assert (f"{sampler}: budget x{scale:g}'" in line) == (scale < 1), line
     text = _run(pack.NODE_CLASS_MAPPINGS["CacheDitDetailedStats"], model=model)[2]
-    said = f"error budget 0.15, 0.12 with the {sampler} sampler (multistep / higher-order) "
+    said = f"error budget 0.15, {budget:.3g} with the {sampler} sampler (multistep / higher-order) "
     assert (said in text) == (scale < 1) and f", budget {budget:g}; " in text, text
     _sample(h, model, arch="sd3", steps=10)
     assert engine.feedback.sampler == "euler" and engine.feedback.run_budget() == pytest.approx(0.15)
