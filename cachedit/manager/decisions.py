@@ -102,11 +102,6 @@ class Decider:
             return self._measure_local(branch, sums, can_reuse, extra)
         return self._measure_world(branch, sums, can_reuse, extra, group, _batch(branch))
 
-    def _past_reuse_end(self, noise_progress: Optional[float]) -> bool:
-        """The run reuses nothing from here on (ErrorFeedback.reuse_end)."""
-        end = self.feedback.reuse_end() if self.feedback is not None else None
-        return end is not None and noise_progress is not None and noise_progress > end
-
     def _noise_parts(self, branch: BranchState, device: torch.device, fixed: bool = False) -> List[torch.Tensor]:
         """sampler_noise's [seen, cosine] for the decision's host copy ([] when not checked)."""
         return sampler_noise.parts(branch, device, fixed) if self.check_noise else []
@@ -206,7 +201,7 @@ class Decider:
 
         # once noisy, the run computes on: nothing more to read; nor past the run's reuse end (a high-order
         # sampler under strong guidance, sampler_kind.py), whose turns would read as noise and say so
-        if self.check_noise and not branch.noisy and not self._past_reuse_end(call.noise_progress):
+        if self.check_noise and not branch.noisy and not self.feedback.past_reuse_end(call.noise_progress):
             sampler_noise.track(branch, step, call.model_input)
         decision = self.strategy.decide(branch, step, call.progress, measured, final=call.final,
                                         noise_progress=call.noise_progress)

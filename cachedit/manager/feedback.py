@@ -49,7 +49,8 @@ guidance is known (ComfyUI's guider, a diffusers pipeline's `guidance_scale` whi
 
 And it depends on the sampler: it holds as given for Euler, which uses each output once, and takes
 sampler_kind.HIGHER_ORDER_BUDGET_SCALE of it on a multistep or higher-order sampler, which carries
-a reused output's error into the next steps (sampler_kind.py).
+a reused output's error into the next steps, HIGH_ORDER_BUDGET_SCALE on one of order 3+, which
+above CFG 3 also reuses only early in the noise level (reuse_end; sampler_kind.py).
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ class ErrorFeedback:
         """The noise progress after which this run reuses nothing (a high-order multistep sampler under
         strong guidance: sampler_kind.reuse_end), None for no end."""
         return sampler_kind.reuse_end(self.sampler, self.guidance)
+
+    def past_reuse_end(self, noise_progress: Optional[float]) -> bool:
+        """Whether a step at `noise_progress` is past this run's reuse end (see reuse_end)."""
+        end = self.reuse_end()
+        return end is not None and noise_progress is not None and noise_progress > end
 
     def sampler_scale(self) -> float:
         """What this run's sampler makes of the budget: 1 for Euler or an unknown one (sampler_kind.py)."""

@@ -3,9 +3,9 @@ reused step's error further (multistep and higher-order solvers), whose runs get
 
 Euler uses each model output once: x += v * d_sigma. Multistep solvers (dpmpp_2m, deis,
 res_multistep, uni_pc, ipndm, lms; diffusers' UniPC, DPM-Solver multistep and PNDM schedulers:
-Wan's and SD1.5's defaults there) extrapolate from the last outputs with weights above 1, and Heun-type solvers
-(heun, dpm_2; diffusers' FlowMatchHeun) correct a step with a second output: a reused output's
-error goes into the next steps too. Measured in real ComfyUI (bundled FLUX and Wan layouts, 28
+Wan's and SD1.5's defaults there) extrapolate from the last outputs with weights above 1, and
+Heun-type solvers (heun, dpm_2; diffusers' FlowMatchHeun) correct a step with a second output: a
+reused output's error goes into the next steps too. Measured in real ComfyUI (bundled FLUX and Wan layouts, 28
 steps, batch 8, CFG 3, seeds 0-2, the default `balanced` budget 0.2 of a 28-step run): Euler 41.7 /
 41.4 dB, but heun, dpmpp_2m, uni_pc, deis and res_multistep 39.0-40.7 on FLUX and dpmpp_2m, deis,
 res_multistep 38.5-39.4 on Wan, with every measured reuse error within the budget. At 0.8 of the
@@ -22,8 +22,10 @@ CFG 6 about 25 dB more PSNR than euler or dpmpp_2m (47 against 72 dB), at CFG 3 
 default there landed at 34-35 dB with uni_pc, uni_pc_bh2, deis and ipndm (dpmpp_2m, res_multistep
 51-52 dB), and no budget mends it (0.4 of it: 37.4 dB). So such a run takes 0.6 of the budget, and
 above CFG 3 reuses only in the first 15% of the noise level (HIGH_ORDER_GUIDED_END), where a shifted
-schedule crowds its first steps and a reuse costs nothing visible: uni_pc at CFG 6 51.8 dB for 17
-computed steps of 30 (1.7x; 0.25 of the noise: 38.0 dB).
+schedule crowds its first steps and a reuse costs nothing visible: uni_pc at CFG 6 50.4 dB for 17.7
+computed steps of 30 (1.7x; reusing up to 25% of the noise: 38.0 dB). Past that end the check for
+added noise stops too (decisions.py): nothing is reused there, and the solver's own turns under
+guidance read as noise and warned the user of an ancestral sampler.
 
 The sampler is read by name: ComfyUI's KSAMPLER holds its sampling function (`sample_<name>`), a
 diffusers pipeline its scheduler. A sampler from another node pack, under a name not known here as

@@ -150,10 +150,9 @@ class AdaptiveStrategy(Strategy):
         threshold = self.feedback.threshold(step - branch.last_computed_step,
                                             progress if noise_progress is None else noise_progress)
         # the final step always computes: a reused last step shows directly in the image
-        end = self.feedback.reuse_end()  # a high-order multistep sampler under strong guidance (sampler_kind.py)
-        past_end = end is not None and noise_progress is not None and noise_progress > end
+        # past_reuse_end: a high-order multistep sampler under strong guidance (sampler_kind.py)
         reuse = not self.in_warmup(step) and not final and diff < threshold and not self.capped(branch) \
-            and not self.first_streak_capped(branch) and not past_end
+            and not self.first_streak_capped(branch) and not self.feedback.past_reuse_end(noise_progress)
         return Decision(reuse, diff=diff, recorded=diff, threshold=threshold)
 
     def first_streak_capped(self, branch: BranchState) -> bool:
