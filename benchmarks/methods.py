@@ -64,19 +64,20 @@ def _reset_ours_stats(t: nn.Module) -> None:
 
 
 def preset_tag(preset: str) -> str:
-    """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC5; first streak 3` (the
-    long-run rule; the first-streak cap of runs below 50 steps)."""
+    """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.2, 24+ at 0.22, 50+: MC5; first
+    streak 3` (the long-run rule; the first-streak cap of runs below 50 steps)."""
     from cachedit.config.options import FIRST_STREAK_MAX, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
-    from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS
+    from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, SHORT_LONG_RUN_STEPS
 
-    return (f"error budget {QUALITY_PRESETS[preset]:g}; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at "
-            f"{LONG_RUN_BUDGETS[preset]:g}, {LONGER_RUN_STEPS}+: MC{LONGER_RUN_MAX_IN_A_ROW}; "
-            f"first streak {FIRST_STREAK_MAX}")
+    budget, long_budget = QUALITY_PRESETS[preset], LONG_RUN_BUDGETS[preset]
+    return (f"error budget {budget:g}; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at "
+            f"{min(budget, long_budget):g}, {SHORT_LONG_RUN_STEPS}+ at {long_budget:g}, "
+            f"{LONGER_RUN_STEPS}+: MC{LONGER_RUN_MAX_IN_A_ROW}; first streak {FIRST_STREAK_MAX}")
 
 
 def default_tag() -> str:
     """What `cachedit.enable_cache(pipe)` runs with, e.g. `balanced: F0B0 W2 MC4 TS1, error budget
-    0.15; 20+ steps: TS2 at 0.2, 50+: MC5; first streak 3` (the presets' run rules)."""
+    0.15; 20+ steps: TS2 at 0.15, 24+ at 0.2, 50+: MC5; first streak 3` (the presets' run rules)."""
     from cachedit.config import ADAPTIVE_DEFAULT_TAYLORSEER_ORDER as ts, ADAPTIVE_DEFAULTS as d
     from cachedit.config.options import DEFAULT_QUALITY
 

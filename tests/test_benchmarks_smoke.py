@@ -36,9 +36,9 @@ def test_quick_path_produces_the_expected_table(quick, arch):
     names = [r.name for r in res.rows]
     fixed = ["uncached"] + [m.name for m in R.quick_rows()]
     assert names[:len(fixed)] == fixed
-    assert names[1] == ("ours default: balanced: F0B0 W2 MC4 TS1, error budget 0.15; 20+ steps: TS2 at 0.2, 50+: MC5; "
-                        "first streak 3")
-    assert names[2] == "ours quality='fast' (error budget 0.2; 20+ steps: TS2 at 0.22, 50+: MC5; first streak 3)"
+    assert names[1] == ("ours default: balanced: F0B0 W2 MC4 TS1, error budget 0.15; 20+ steps: TS2 at 0.15, 24+ at 0.2, "
+                        "50+: MC5; first streak 3")
+    assert names[2] == "ours quality='fast' (error budget 0.2; 20+ steps: TS2 at 0.2, 24+ at 0.22, 50+: MC5; first streak 3)"
     tuned = names[len(fixed):]  # the tuning stage's picks (and ours with cache-dit's picked knobs)
     assert set(tuned) <= {m.name for ms in R.tuning_grid("standard", quick=True).values() for m in ms} | \
         {n for n in tuned if n.startswith("ours with cache-dit's tuned knobs")}

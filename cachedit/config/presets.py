@@ -24,7 +24,10 @@ sigmas, a diffusers pipeline's `num_timesteps`) predicts its reused steps with T
 a budget of its own (LONG_RUN_BUDGETS): a second-order prediction over short spans is closer to the
 computed step than its first-order budget asks for, so the same image quality costs fewer computed
 steps (bundled models, 28 steps, batch 8: 33-37% of the block compute at 42.8-44.5 dB instead of
-42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md). Below 20 steps order 2
+42-43% at 43.9-44.8; benchmarks/results/runs/2026-11-30_long_run_ts2.md); a long run of fewer
+than SHORT_LONG_RUN_STEPS (24) keeps its preset's order-1 budget, where that is lower (ComfyUI's
+default 20 steps on its `simple` schedule: 46.5-48.0 dB instead of 40.3-42.7 over 12 generations,
+about one computed step more of 20; runs/2026-12-03_twenty_step_budget.md). Below 20 steps order 2
 fell to 32 dB (12 Euler steps; Heun's half steps), so shorter and unknown runs keep order 1. `fast`
 takes 0.22, not 0.25: at 0.25 Qwen-layout runs with a shifted schedule, batch 1 separate CFG or
 Heun fell to 37-40 dB, at 0.22 every 20+-step cell held >= 40 dB
@@ -69,6 +72,12 @@ WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's W
 WAN_LOW_NOISE = {"max_warmup_steps": 2}
 # Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
 LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.22}
+# A long run of fewer whole steps than this keeps its preset's order-1 budget (QUALITY_PRESETS, when
+# lower), with TaylorSeer order 2: at 20 steps (ComfyUI's KSampler default) on ComfyUI's `simple`
+# schedule the long-run budget let 12 generations fall to 40.3 dB (FLUX layout, CFG 1) and 42.7 (Qwen
+# and Wan layouts; seeds down to 34.8), 0.15 holds 46.5-48.0 for about one computed step more of 20;
+# at 24 steps 0.2 holds 44.1-45.7 (runs/2026-12-03_twenty_step_budget.md).
+SHORT_LONG_RUN_STEPS = 24
 # A long run of this many steps or more may reuse this many steps in a row (the default's 4 below).
 # Its own steps count, not the whole denoising's it stands for: a 28-step img2img run at denoise 0.5
 # stands for 56 steps, and 5 in a row there cost the bundled FLUX layout 3 dB (40.0 -> 43.4 with 4).
@@ -185,7 +194,10 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
         if steps >= LONGER_RUN_STEPS:  # its own steps: see LONGER_RUN_STEPS
             config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
             first = None
-        return RunSettings(preset, family, "long run", LONG_RUN_BUDGETS[preset], config,
+        long_budget = LONG_RUN_BUDGETS[preset]
+        if whole < SHORT_LONG_RUN_STEPS - 0.5:
+            long_budget = min(long_budget, budget)  # see SHORT_LONG_RUN_STEPS
+        return RunSettings(preset, family, "long run", long_budget, config,
                            taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, first_streak_max=first)
     return RunSettings(preset, family, "standard", budget, config, first_streak_max=first)
 
