@@ -160,8 +160,11 @@ def test_wan22_experts_each_own_cache_and_rule(comfy_harness):
     assert el.run_settings.rule == "low-noise expert" and el.options.cache_config.max_warmup_steps == 2
     _sample(h, high, "wan21_t2v", steps=20)  # a whole run (Wan 2.1, Wan 2.2 5B): the plain settings, 20 steps: long
     assert eh.run_settings.rule == "long run" and eh.options.cache_config.max_cached_steps == -1
-    assert (eh.options.taylorseer_order, eh.options.error_budget) == (2, 0.2)
+    # 20-23 steps: order 2 at the preset's own budget (SHORT_LONG_RUN_STEPS); 24+: the long-run budget
+    assert (eh.options.taylorseer_order, eh.options.error_budget) == (2, 0.15)
     assert cachedit.summary(high, logging=False)[0].cached_steps  # order 2 reused steps
+    _sample(h, high, "wan21_t2v", steps=24)
+    assert eh.run_settings.rule == "long run" and (eh.options.taylorseer_order, eh.options.error_budget) == (2, 0.2)
     _sample(h, high, "wan21_t2v", steps=14)  # shorter: order 1 again, at the preset's own budget
     assert eh.run_settings.rule == "standard" and (eh.options.taylorseer_order, eh.options.error_budget) == (1, 0.15)
 
