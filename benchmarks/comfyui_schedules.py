@@ -7,7 +7,8 @@
 Each bundled model is converted into ComfyUI's own class (`cachedit.bundled.comfyui`) and sampled
 with ComfyUI's sampler (28 Euler steps, CFG 3, cond and uncond batched) on the bundled linear
 schedule and on ComfyUI's simple, beta and karras schedules of the model's own model_sampling,
-uncached and with `cachedit.enable_cache(patcher)` (what the Accelerate node does); `--samplers`
+uncached and with `cachedit.enable_cache(patcher)` (what the Accelerate node does); `--steps` and
+`--cfg` change the 28 steps and CFG 3 (KSampler's default is 20 steps); `--samplers`
 runs other ComfyUI samplers than euler (ancestral / SDE ones compute every step: sampler_noise.py).
 Seeds 0..n-1,
 batch 8, seed k drawing digits 8k..8k+7. Quality only (no timing): PSNR pooled over every image
@@ -31,7 +32,7 @@ ROOT = os.path.dirname(HERE)
 SCHEDULES = ("linear", "simple", "beta", "karras")
 
 
-def run(arch: str, schedules, seeds: int, steps: int = 28, samplers=("euler",)):
+def run(arch: str, schedules, seeds: int, steps: int = 28, samplers=("euler",), cfg: float = 3.0):
     """Rows (arch, schedule, sampler, pooled PSNR, worst seed PSNR, computed steps per seed)."""
     import comfy.samplers
 
@@ -46,12 +47,12 @@ def run(arch: str, schedules, seeds: int, steps: int = 28, samplers=("euler",)):
             sigmas = None if schedule == "linear" else comfy.samplers.calculate_sigmas(sampling, schedule, steps).float()
             labels = [torch.tensor([(8 * k + i) % 10 for i in range(8)]) for k in range(seeds)]
             refs = [bundled_comfy.generate(patcher, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
-                                           sampler=sampler) for k in range(seeds)]
+                                           sampler=sampler, cfg=cfg) for k in range(seeds)]
             accelerated = cachedit.enable_cache(patcher)
 
             def images(k):
                 return bundled_comfy.generate(accelerated, bundled, labels[k], seed=k, steps=steps, sigmas=sigmas,
-                                              sampler=sampler), refs[k]
+                                              sampler=sampler, cfg=cfg), refs[k]
 
             pooled, worst, computed = seeds_quality(accelerated, steps, seeds, images)
             cachedit.disable_cache(accelerated)
@@ -67,6 +68,8 @@ def main(argv=None) -> None:
     parser.add_argument("--schedules", default=",".join(SCHEDULES))
     parser.add_argument("--samplers", default="euler", help="ComfyUI sampler names, comma separated")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=28, help="sampling steps (ComfyUI's KSampler default: 20)")
+    parser.add_argument("--cfg", type=float, default=3.0, help="CFG scale (1: the positive only, as FLUX.1-dev runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "comfyui_schedules.md"))
     args = parser.parse_args(argv)
@@ -78,13 +81,14 @@ def main(argv=None) -> None:
     rows = []
     samplers = args.samplers.split(",")
     for arch in args.arch.split(","):
-        rows += run(arch, args.schedules.split(","), args.seeds, samplers=samplers)
+        rows += run(arch, args.schedules.split(","), args.seeds, steps=args.steps, samplers=samplers, cfg=args.cfg)
     by_sampler = samplers != ["euler"]
     lines = [f"CacheDit Accelerate's default in ComfyUI (commit of COMFYUI_PATH), bundled models in ComfyUI's own "
-             f"classes, 28 {'steps' if by_sampler else 'Euler steps'}, CFG 3 batched, batch 8, seeds 0-{args.seeds - 1}; "
+             f"classes, {args.steps} {'steps' if by_sampler else 'Euler steps'}, "
+             f"{f'CFG {args.cfg:g} batched' if args.cfg != 1 else 'CFG 1 (positive only)'}, batch 8, seeds 0-{args.seeds - 1}; "
              f"quality only (`!`: below 40 dB; inf: every step computed, the uncached images)", "",
              f"| model | schedule |{' sampler |' if by_sampler else ''} PSNR dB pooled | worst seed | "
-             f"steps computed per seed (of 28) |", "|---|---|---|---|---|" + ("---|" if by_sampler else "")]
+             f"steps computed per seed (of {args.steps}) |", "|---|---|---|---|---|" + ("---|" if by_sampler else "")]
     for arch, schedule, sampler, pooled, worst, computed in rows:
         flag = " !" if pooled < 40.0 else ""
         lines.append(f"| {arch} | {schedule} |{f' {sampler} |' if by_sampler else ''} {pooled:.2f}{flag} | {worst:.2f} | "
