@@ -67,11 +67,11 @@ def preset_tag(preset: str) -> str:
     """A preset's budgets, e.g. `error budget 0.2; 20+ steps: TS2 at 0.2, 24+ at 0.22, 50+: MC5; first
     streak 3` (the long-run rule; the first-streak cap of runs below 50 steps)."""
     from cachedit.config.options import FIRST_STREAK_MAX, LONG_RUN_STEPS, LONG_RUN_TAYLORSEER_ORDER, QUALITY_PRESETS
-    from cachedit.config.presets import LONG_RUN_BUDGETS, LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, SHORT_LONG_RUN_STEPS
+    from cachedit.config.presets import LONGER_RUN_MAX_IN_A_ROW, LONGER_RUN_STEPS, SHORT_LONG_RUN_STEPS, long_run_budget
 
-    budget, long_budget = QUALITY_PRESETS[preset], LONG_RUN_BUDGETS[preset]
-    return (f"error budget {budget:g}; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at "
-            f"{min(budget, long_budget):g}, {SHORT_LONG_RUN_STEPS}+ at {long_budget:g}, "
+    return (f"error budget {QUALITY_PRESETS[preset]:g}; {LONG_RUN_STEPS}+ steps: TS{LONG_RUN_TAYLORSEER_ORDER} at "
+            f"{long_run_budget(preset, LONG_RUN_STEPS):g}, {SHORT_LONG_RUN_STEPS}+ at "
+            f"{long_run_budget(preset, SHORT_LONG_RUN_STEPS):g}, "
             f"{LONGER_RUN_STEPS}+: MC{LONGER_RUN_MAX_IN_A_ROW}; first streak {FIRST_STREAK_MAX}")
 
 

@@ -158,16 +158,17 @@ def test_wan_experts_unets_and_standard():
 
 def test_long_runs_predict_with_order_two_at_their_budget():
     """A run of LONG_RUN_STEPS or more steps (the whole denoising's, for a split run) gets TaylorSeer
-    order 2 and the long-run budget, only when it runs the default's own TaylorSeer; shorter runs,
+    order 2 and the long-run budget (below SHORT_LONG_RUN_STEPS the preset's own where that is lower),
+    only when it runs the default's own TaylorSeer; shorter runs,
     runs of unknown length and Wan's experts keep the standard budget and the order they have."""
     long = plan_run("balanced", "flux", RunInfo(SHORT_LONG_RUN_STEPS), default_taylorseer=True)
     assert (long.rule, long.budget, long.taylorseer_order) == ("long run", LONG_RUN_BUDGETS["balanced"], 2)
     assert long.label() == "balanced, long run: budget 0.2, warmup 2, first streak 3, TaylorSeer 2"
     # below SHORT_LONG_RUN_STEPS (ComfyUI's default 20 steps): order 2 at the lower of the two budgets
     for steps in (LONG_RUN_STEPS, SHORT_LONG_RUN_STEPS - 1):
-        assert {p: (plan_run(p, "flux", RunInfo(steps), default_taylorseer=True).budget,
-                    plan_run(p, "flux", RunInfo(steps), default_taylorseer=True).taylorseer_order)
-                for p in QUALITY_PRESETS} == {"quality": (0.08, 2), "balanced": (0.15, 2), "fast": (0.2, 2)}
+        plans = {p: plan_run(p, "flux", RunInfo(steps), default_taylorseer=True) for p in QUALITY_PRESETS}
+        assert {p: (s.budget, s.taylorseer_order) for p, s in plans.items()} == \
+            {"quality": (0.08, 2), "balanced": (0.15, 2), "fast": (0.2, 2)}
     # the whole denoising's steps count: 12 steps over its second half stand for 24
     assert plan_run("balanced", "dit", RunInfo(12, 0.5, 1.0), default_taylorseer=True).budget == 0.2
     assert plan_run("balanced", "dit", RunInfo(11, 0.5, 1.0), default_taylorseer=True).budget == 0.15

@@ -72,11 +72,8 @@ WAN_HIGH_NOISE = {"max_warmup_steps": 4, "max_cached_steps": 8}  # cache-dit's W
 WAN_LOW_NOISE = {"max_warmup_steps": 2}
 # Budgets of a long run, predicted with TaylorSeer order 2 (QUALITY_PRESETS hold for order 1).
 LONG_RUN_BUDGETS = {"quality": 0.1, "balanced": 0.2, "fast": 0.22}
-# A long run of fewer whole steps than this keeps its preset's order-1 budget (QUALITY_PRESETS, when
-# lower), with TaylorSeer order 2: at 20 steps (ComfyUI's KSampler default) on ComfyUI's `simple`
-# schedule the long-run budget let 12 generations fall to 40.3 dB (FLUX layout, CFG 1) and 42.7 (Qwen
-# and Wan layouts; seeds down to 34.8), 0.15 holds 46.5-48.0 for about one computed step more of 20;
-# at 24 steps 0.2 holds 44.1-45.7 (runs/2026-12-03_twenty_step_budget.md).
+# A long run of fewer whole steps than this keeps its preset's order-1 budget where that is lower
+# (long_run_budget; the module docstring says why).
 SHORT_LONG_RUN_STEPS = 24
 # A long run of this many steps or more may reuse this many steps in a row (the default's 4 below).
 # Its own steps count, not the whole denoising's it stands for: a 28-step img2img run at denoise 0.5
@@ -162,6 +159,14 @@ class RunSettings:
         return f"{self.preset}, {self.rule}: " + ", ".join(parts)
 
 
+def long_run_budget(preset: str, whole_steps: float) -> float:
+    """The error budget of a long run (TaylorSeer order 2) of `whole_steps` steps over the whole
+    denoising: LONG_RUN_BUDGETS, or the preset's own budget where that is lower below
+    SHORT_LONG_RUN_STEPS (see the module docstring)."""
+    budget = LONG_RUN_BUDGETS[preset]
+    return min(budget, QUALITY_PRESETS[preset]) if whole_steps < SHORT_LONG_RUN_STEPS - 0.5 else budget
+
+
 def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
              expert: Optional[str] = None, default_taylorseer: bool = False) -> RunSettings:
     """The settings of one run of a `family` model at `preset` (see the module docstring).
@@ -194,10 +199,7 @@ def plan_run(preset: str, family: str, run: RunInfo, step_level: bool = False,
         if steps >= LONGER_RUN_STEPS:  # its own steps: see LONGER_RUN_STEPS
             config["max_continuous_cached_steps"] = LONGER_RUN_MAX_IN_A_ROW
             first = None
-        long_budget = LONG_RUN_BUDGETS[preset]
-        if whole < SHORT_LONG_RUN_STEPS - 0.5:
-            long_budget = min(long_budget, budget)  # see SHORT_LONG_RUN_STEPS
-        return RunSettings(preset, family, "long run", long_budget, config,
+        return RunSettings(preset, family, "long run", long_run_budget(preset, whole), config,
                            taylorseer_order=LONG_RUN_TAYLORSEER_ORDER, first_streak_max=first)
     return RunSettings(preset, family, "standard", budget, config, first_streak_max=first)
 
