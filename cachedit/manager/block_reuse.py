@@ -34,6 +34,7 @@ from .state import BranchState
 from .taylorseer import TaylorSeries
 
 Streams = Dict[str, Optional[torch.Tensor]]
+_CORE = ("hidden", "encoder")  # the streams every codec knows; others are extra (see segment_output)
 PRUNE_INPUT = "prune_input"  # DBPrune: kept with a block's residual, its hidden input at that step (not a stream)
 
 
@@ -113,6 +114,12 @@ class BlockReuse:
             self.copy_inputs = True
             branch.residuals.pop(seg, None)
             branch.last_computed_step = -1
+            return
+        if any(out is not None and inputs.get(name) is None for name, out in streams.items() if name not in _CORE):
+            # An extra stream (blocks.py: LTX-2's audio tokens) with no input to add a residual to: on its
+            # block's first call, before the stream was known, or an output no argument matches. This
+            # residual could not rebuild the segment's output, so it is not kept: no reuse until one can.
+            branch.residuals.pop(seg, None)
             return
         previous = branch.residuals.get(seg, {})
         order = self.options.taylorseer_order

@@ -8,12 +8,15 @@ like transformer blocks. Refiner lists that run on separate streams before the m
 `BlockIO` maps a block's arguments and outputs to named streams ("hidden", "encoder"): the
 stream codec of the block protocol for plain PyTorch blocks. It uses diffusers' own block registry
 when the class is registered there and otherwise learns the output layout from the first computed
-call, matching outputs to inputs by shape.
+call, matching outputs to inputs by shape. An output that is neither stream but has the shape of
+another argument is a stream of its own, named after that argument (LTX-2's blocks return video and
+audio tokens); an output no argument matches cannot be rebuilt, and its block list is never reused.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -28,6 +31,7 @@ KNOWN_BLOCK_LISTS = (
 )
 EXCLUDED_LISTS = ("noise_refiner", "context_refiner", "refiner", "down_blocks", "up_blocks", "input_blocks",
                   "output_blocks", "downsamplers", "upsamplers", "resnets", "attentions", "embed", "norm")
+logger = logging.getLogger("cachedit")
 HIDDEN_NAMES = ("hidden_states", "x", "img", "hidden", "h", "image_tokens")
 ENCODER_NAMES = ("encoder_hidden_states", "context", "txt", "encoder_hidden", "text_tokens")
 
@@ -146,7 +150,14 @@ class BlockIO:
 
     def learn(self, output: Any, args: tuple, kwargs: dict) -> None:
         """Learn the output layout from a computed call's arguments and output."""
-        self.learn_output(output, self.read_inputs(args, kwargs))
+        self.learn_output(output, self.read_inputs(args, kwargs), self._tensor_arguments(args, kwargs))
+
+    def _tensor_arguments(self, args: tuple, kwargs: dict) -> List[Tuple[str, torch.Tensor]]:
+        """(name, tensor) of every tensor argument of a call, those named like a hidden stream first."""
+        names = {i: n for n, i in self.param_index.items()}
+        found = [(names[i], a) for i, a in enumerate(args) if i in names and isinstance(a, torch.Tensor)]
+        found += [(n, v) for n, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        return sorted(found, key=lambda nv: "hidden" not in nv[0])  # stable: call order within each group
 
     def read_inputs(self, args: tuple, kwargs: dict) -> Dict[str, Optional[torch.Tensor]]:
         """The input streams of one call."""
@@ -161,8 +172,10 @@ class BlockIO:
                 streams[stream] = value
         return streams
 
-    def learn_output(self, output: Any, inputs: Dict[str, Optional[torch.Tensor]]) -> None:
-        """Work out which output is which stream (once, on a computed call)."""
+    def learn_output(self, output: Any, inputs: Dict[str, Optional[torch.Tensor]],
+                     arguments: Sequence[Tuple[str, torch.Tensor]] = ()) -> None:
+        """Work out which output is which stream (once, on a computed call). `arguments`: the call's
+        tensor arguments, for outputs that are neither the hidden nor the encoder stream."""
         if isinstance(output, torch.Tensor):
             self.output_kind = "tensor"
             return
@@ -185,6 +198,21 @@ class BlockIO:
                     used.add(matches[0])
             if "hidden" not in index:
                 index["hidden"] = 0
+                used.add(0)
+            taken = set(self.inputs.values())
+            for i, o in enumerate(output):
+                if i in used or not isinstance(o, torch.Tensor):
+                    continue
+                name = next((n for n, a in arguments if n not in taken and a.shape == o.shape), None)
+                if name is not None:  # a stream of its own (LTX-2: audio_hidden_states), read from now on
+                    self.inputs[name] = name
+                    taken.add(name)
+                else:  # no input to add a residual to: segments holding it are never reused (block_reuse.py)
+                    name = f"output_{i}"
+                    _warn_once(self.cls, f"cachedit: {self.cls.__name__} returns {len(output)} outputs and CacheDit "
+                                         f"cannot rebuild output {i} (shape {tuple(o.shape)}) from its arguments; "
+                                         f"every step is computed")
+                index[name] = i
             self.output_index = index
             return
         raise TypeError(f"{self.cls.__name__} returns {type(output).__name__}; CacheDit handles tensors, tuples and dicts")
@@ -205,6 +233,15 @@ class BlockIO:
         for stream, i in self.output_index.items():
             out[i] = streams.get(stream)
         return tuple(out)
+
+
+_WARNED: set = set()
+
+
+def _warn_once(cls: type, message: str) -> None:
+    if cls not in _WARNED:
+        _WARNED.add(cls)
+        logger.warning(message)
 
 
 def _diffusers_metadata(cls: type):
