@@ -350,3 +350,54 @@ def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     assert "### Summary (flux, 4 steps)" in text
     with pytest.raises(SystemExit):
         main(["--arch", "wan", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)])
+
+
+def test_diffusers_models_table_rows(tmp_path):
+    """benchmarks.diffusers_models on a stand-in for diffusers' test folder: a config for a model
+    whose block output CacheDit cannot rebuild, one for LTX-2 (video + audio streams), one broken."""
+    from benchmarks import diffusers_models
+
+    package = tmp_path / "dtests"
+    folder = package / "models" / "transformers"
+    folder.mkdir(parents=True)
+    for d in (package, package / "models", folder):
+        (d / "__init__.py").write_text("")
+    (folder / "test_models_standin.py").write_text('''
+import torch, diffusers
+from test_extra_streams import AudioVideoDiT
+
+class ExtraOutputTesterConfig:
+    model_class = AudioVideoDiT
+    def get_init_dict(self):
+        return {"extra_output": True}
+    def get_dummy_inputs(self):
+        return {"hidden_states": torch.ones(1, 6, 16), "audio_hidden_states": torch.ones(1, 3, 8),
+                "encoder_hidden_states": torch.ones(1, 4, 16), "timestep": torch.tensor([500.0])}
+
+class LTX2TesterConfig:
+    model_class = diffusers.LTX2VideoTransformer3DModel
+    main_input_name = "hidden_states"
+    def get_init_dict(self):
+        return dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+                    attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+                    audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
+                    caption_channels=16, rope_double_precision=False)
+    def get_dummy_inputs(self):
+        g = torch.Generator().manual_seed(0)
+        return {"hidden_states": torch.randn(1, 8, 4, generator=g), "audio_hidden_states": torch.randn(1, 9, 4, generator=g),
+                "encoder_hidden_states": torch.randn(1, 16, 16, generator=g),
+                "audio_encoder_hidden_states": torch.randn(1, 16, 16, generator=g),
+                "timestep": torch.tensor([700.0]), "num_frames": 2, "height": 2, "width": 2, "audio_num_frames": 9}
+
+class BrokenTesterConfig:
+    model_class = diffusers.LTX2VideoTransformer3DModel
+    def get_init_dict(self):
+        raise RuntimeError("abstract")
+''')
+    out = tmp_path / "table.md"
+    diffusers_models.main(["--tests", str(package), "--steps", "6", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| AudioVideoDiT | transformer_blocks x4 | bit-identical | 0 of 6 | 0 of 6 | bit-identical |  |",
+        "| LTX2VideoTransformer3DModel | transformer_blocks x2 | bit-identical | 4 of 6 | 2 of 6 | bit-identical |  |",
+    ]
