@@ -195,10 +195,16 @@ def _is_zimage(t: nn.Module) -> bool:
     return type(t).__name__ == "ZImageTransformer2DModel"
 
 
+def _is_ltx(t: nn.Module) -> bool:
+    """An LTX-Video transformer (cache-dit needs its LTX adapter; its blocks return no text stream)."""
+    return type(t).__name__ == "LTXVideoTransformer3DModel"
+
+
 def _cache_dit_target(t: nn.Module) -> Any:
     """What cache-dit is enabled on: the transformer itself, or for the layouts cache-dit only knows
     through their pipelines the BlockAdapter its own adapter for that pipeline builds: SD3 (blocks,
-    Pattern_1), Z-Image (layers, Pattern_3, no forward-pattern check: its blocks take `x`)."""
+    Pattern_1), Z-Image (layers, Pattern_3, no forward-pattern check: its blocks take `x`), LTX-Video
+    (transformer_blocks, Pattern_2, no forward-pattern check)."""
     from cache_dit import BlockAdapter, ForwardPattern
 
     if _is_sd3(t):
@@ -206,6 +212,9 @@ def _cache_dit_target(t: nn.Module) -> Any:
                             check_forward_pattern=True)
     if _is_zimage(t):
         return BlockAdapter(transformer=t, blocks=t.layers, forward_pattern=ForwardPattern.Pattern_3,
+                            check_forward_pattern=False)
+    if _is_ltx(t):
+        return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_2,
                             check_forward_pattern=False)
     return t
 
@@ -234,8 +243,8 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
         # SD3's last block is context-pre-only (no text output): cache-dit 1.5.3's encoder calibrator then
         # asserts on its missing state at the first reused step, so on SD3 it is off (it has nothing to forecast).
-        # Z-Image's blocks have no text stream either (Pattern_3).
-        encoder = not (_is_sd3(t) or _is_zimage(t))
+        # Z-Image's blocks have no text stream either (Pattern_3), nor do LTX-Video's outputs (Pattern_2).
+        encoder = not (_is_sd3(t) or _is_zimage(t) or _is_ltx(t))
         built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
             taylorseer_order=order, enable_encoder_calibrator=encoder) if order else None)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -284,10 +293,10 @@ def arch_of(t: nn.Module) -> str:
 
 # Block lists (PAB) and attention modules (FasterCache) per layout.
 PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",),
-              "sd3": ("transformer_blocks",), "zimage": ("layers",)}
+              "sd3": ("transformer_blocks",), "zimage": ("layers",), "ltx": ("transformer_blocks",)}
 ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
                  "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",),
-                 "zimage": ("^layers.*attention",)}
+                 "zimage": ("^layers.*attention",), "ltx": ("^transformer_blocks.*attn",)}
 
 TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"],
                        "zimage": [r"^layers\.\d+\.attention"]}  # others: diffusers' defaults

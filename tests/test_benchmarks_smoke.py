@@ -230,6 +230,33 @@ def test_the_peers_run_on_the_heldout_sd3_layout():
     assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
 
 
+def test_cache_dit_runs_on_the_heldout_ltx_layout_through_its_own_adapter():
+    """cache-dit knows LTX-Video only through its pipeline: the harness hands it the BlockAdapter its
+    own LTX adapter builds (Pattern_2, no forward-pattern check, no encoder calibrator: the blocks
+    return no text stream), and its TaylorSeer rows reuse there; disabled, the model is untouched."""
+    arch = "ltx"
+    import torch
+
+    from benchmarks import methods as M
+    from cachedit.bundled import digits as D
+    from benchmarks.common import SampleHooks
+
+    model, _ = bench.load_bundled(arch, tiny=True)
+    t = model.transformer
+    assert M.arch_of(t) == arch
+    ref = D.generate(model, [1, 2], num_steps=8, seed=0)
+    method = M.cache_dit_method("cache-dit F1B0 R100 W1 MC4 TS2", "cache-dit", threshold=100.0, warmup=1, mc=4, order=2)
+    method.enable(t, 8, SampleHooks())
+    try:
+        method.before_run(t)
+        out = D.generate(model, [1, 2], num_steps=8, seed=0)
+        assert method.report(t)["cached_steps"] > 0 and out.shape == ref.shape and torch.isfinite(out).all()
+        assert not torch.equal(out, ref)
+    finally:
+        method.disable(t)
+    assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
+
+
 @pytest.mark.parametrize("arch", ["flux", "wan", "qwen"])
 def test_seacache_reuses_on_the_bundled_layouts(arch):
     """diffusers 0.42's SeaCache builds its spectral indicator itself only for Wan text-to-video; the

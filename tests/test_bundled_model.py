@@ -127,6 +127,7 @@ def test_real_digits_are_classified():
 MEASURED_ACCURACY = {"flux": (40, 1.0), "wan": (10, 1.0), "qwen": (10, 1.0)}
 SD3_ACCURACY = 1.0  # the held-out model, 10 images, same call
 ZIMAGE_ACCURACY = 1.0  # the second held-out model, same call
+LTX_ACCURACY = 1.0  # the third held-out model, same call
 
 
 @pytest.mark.parametrize("arch", D.ARCHS)
@@ -176,7 +177,7 @@ def test_archs_and_weights_are_listed():
         assert os.path.isfile(D.weights_path(arch)) and os.path.isfile(D.config_path(arch))
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000  # fp16, a few MB
     assert D.weights_path() == D.WEIGHTS_PATH and D.config_path() == D.CONFIG_PATH
-    assert D.HELDOUT_ARCHS == ("sd3", "zimage") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
+    assert D.HELDOUT_ARCHS == ("sd3", "zimage", "ltx") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
     for arch in D.HELDOUT_ARCHS:
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000 and os.path.isfile(D.config_path(arch))
     with pytest.raises(ValueError, match="unknown bundled arch"):
@@ -246,6 +247,33 @@ def test_heldout_zimage_loads_and_is_called_as_the_zimage_pipeline_calls_it():
     assert A.velocity("sd3", lat) is lat
     labels = torch.arange(10)
     assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == ZIMAGE_ACCURACY
+
+
+def test_heldout_ltx_loads_and_is_called_as_the_ltx_pipeline_calls_it():
+    """The third held-out model: LTXVideoTransformer3DModel (6 blocks: self-attention, cross-attention
+    to the text, feed-forward; adaLN-single), fed what LTXPipeline feeds it: latents [B, C, F, H, W]
+    packed to [B, F*H*W, C] (patch 1), timestep = sigma * 1000, an all-ones text mask, the latent
+    grid and the pipeline's RoPE interpolation scale."""
+    import diffusers
+    from diffusers import LTXPipeline
+
+    m = D.load_model("ltx")
+    tr = m.transformer
+    assert type(tr) is diffusers.LTXVideoTransformer3DModel and m.arch == "ltx" and m.sigma_shift == 1.0
+    assert len(tr.transformer_blocks) == 6
+    ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
+    assert ehs.shape == (3, 4, 128) and pooled is None
+    lat = A.initial_latents("ltx", 2, seed=3)
+    # the image's 2x2 patches as the 4 channels of a one-frame 8x8 latent, packed as LTXPipeline packs it
+    latent_5d = lat.reshape(2, 8, 8, 4).permute(0, 3, 1, 2).unsqueeze(2)
+    assert lat.shape == (2, 64, 4) and torch.equal(LTXPipeline._pack_latents(latent_5d, 1, 1), lat)
+    kw = A.transformer_kwargs("ltx", lat, 0.25, (ehs[:2], None))
+    assert sorted(kw) == ["encoder_attention_mask", "encoder_hidden_states", "height", "hidden_states", "num_frames",
+                          "return_dict", "rope_interpolation_scale", "timestep", "width"]
+    assert torch.equal(kw["timestep"], torch.tensor([250.0, 250.0])) and kw["encoder_attention_mask"].eq(1).all()
+    assert (kw["num_frames"], kw["height"], kw["width"]) == (1, 8, 8) and kw["rope_interpolation_scale"] == (8 / 25, 32.0, 32.0)
+    labels = torch.arange(10)
+    assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == LTX_ACCURACY
 
 
 def test_initial_latents_are_the_pipelines_layouts():

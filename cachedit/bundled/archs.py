@@ -23,6 +23,11 @@ arguments the transformer takes.  That knowledge lives here, once, and is used b
   calls it: a list of per-image latents [C, 1, H, W], timestep = 1 - sigma (rising), a list of
   caption features, and a list of outputs that are minus the velocity (the pipeline negates them:
   :attr:`Arch.velocity`). Held out like ``sd3``, trained after it.
+* ``ltx``: diffusers ``LTXVideoTransformer3DModel`` (LTX-Video: one stream of video tokens with
+  cross-attention to the text, adaLN-single); latents packed 2x2 to [B, 64, 4] (a one-frame 8x8
+  latent of 4 channels, patch 1, as ``LTXPipeline`` packs [B, C, F, H, W]), an all-ones text mask,
+  ``num_frames`` / ``height`` / ``width`` and the pipeline's RoPE interpolation scale, timestep =
+  sigma * 1000. Held out, trained after ``zimage``.
 
 Conditioning is ``(encoder_hidden_states [B, T, D], pooled [B, P] or None)``.
 """
@@ -127,6 +132,24 @@ def _zimage_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Condition
     return dict(x=list(latents.unsqueeze(2).unbind(0)), t=t, cap_feats=list(cond[0].unbind(0)), return_dict=False)
 
 
+@functools.lru_cache(maxsize=16)
+def _text_mask(batch: int, tokens: int, device: torch.device) -> Tensor:
+    return torch.ones(batch, tokens, device=device)  # made once per shape/device, like _flux_ids
+
+
+# LTXPipeline's rope_interpolation_scale: VAE compression 8 in time over 25 fps, 32 in space
+_LTX_ROPE_SCALE = (8 / 25, 32.0, 32.0)
+
+
+def _ltx_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    ehs = cond[0]
+    side = _grid_side(latents.shape[1])
+    return dict(hidden_states=latents, encoder_hidden_states=ehs,
+                timestep=_timestep(sigma, latents.shape[0], latents) * 1000.0,
+                encoder_attention_mask=_text_mask(ehs.shape[0], ehs.shape[1], ehs.device), num_frames=1, height=side,
+                width=side, rope_interpolation_scale=_LTX_ROPE_SCALE, return_dict=False)
+
+
 def _zimage_velocity(out: Any) -> Tensor:
     return -torch.stack(list(out), dim=0).squeeze(2)  # [B, C, 1, H, W] -> [B, C, H, W], negated as the pipeline does
 
@@ -175,10 +198,11 @@ ARCHS: Dict[str, Arch] = {
     "sd3": Arch("sd3", "SD3Transformer2DModel", _sd3_kwargs, _identity, _identity, "transformer_blocks", True),
     "zimage": Arch("zimage", "ZImageTransformer2DModel", _zimage_kwargs, _identity, _identity, "layers", False,
                    _zimage_velocity),
+    "ltx": Arch("ltx", "LTXVideoTransformer3DModel", _ltx_kwargs, pack_images, unpack_latents, "transformer_blocks", False),
 }
 # Layouts trained after the defaults were settled and never used to tune them: benchmarks report them
 # apart, as the check that the defaults hold on a model they have not seen.
-HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage")
+HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage", "ltx")
 
 
 def get_arch(name: str) -> Arch:
