@@ -199,20 +199,8 @@ def test_the_peers_run_on_the_heldout_sd3_layout():
     from benchmarks.common import SampleHooks
     from cachedit.bundled import digits as D
 
-    model, _ = bench.load_bundled("sd3", tiny=True)
+    model, ref = _cache_dit_reuses_and_restores("sd3")
     t = model.transformer
-    assert M.arch_of(t) == "sd3"
-    ref = D.generate(model, [1, 2], num_steps=8, seed=0)
-    # a threshold no step exceeds: random weights, and the point is that reused steps run
-    method = M.cache_dit_method("cache-dit F1B0 R100 W1 MC4 TS2", "cache-dit", threshold=100.0, warmup=1, mc=4, order=2)
-    method.enable(t, 8, SampleHooks())
-    try:
-        method.before_run(t)
-        out = D.generate(model, [1, 2], num_steps=8, seed=0)
-        assert method.report(t)["cached_steps"] > 0 and out.shape == ref.shape and torch.isfinite(out).all()
-    finally:
-        method.disable(t)
-    assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
     # diffusers' attention-level TaylorSeer (its First Block Cache subtracts SD3's missing text
     # output at the last block and fails: recorded as a failed row; MagCache runs)
     taylor = M.diffusers_taylorseer(2, before=1)
@@ -234,12 +222,18 @@ def test_cache_dit_runs_on_the_heldout_ltx_layout_through_its_own_adapter():
     """cache-dit knows LTX-Video only through its pipeline: the harness hands it the BlockAdapter its
     own LTX adapter builds (Pattern_2, no forward-pattern check, no encoder calibrator: the blocks
     return no text stream), and its TaylorSeer rows reuse there; disabled, the model is untouched."""
-    arch = "ltx"
+    _cache_dit_reuses_and_restores("ltx")
+
+
+def _cache_dit_reuses_and_restores(arch: str):
+    """cache-dit F1B0 TaylorSeer 2 with a threshold no step exceeds (random weights: the point is that
+    reused steps run) on the tiny `arch` model: it reuses, its images differ and are finite, and
+    disabled the model gives the uncached images again. Returns (model, uncached images)."""
     import torch
 
     from benchmarks import methods as M
-    from cachedit.bundled import digits as D
     from benchmarks.common import SampleHooks
+    from cachedit.bundled import digits as D
 
     model, _ = bench.load_bundled(arch, tiny=True)
     t = model.transformer
@@ -255,6 +249,7 @@ def test_cache_dit_runs_on_the_heldout_ltx_layout_through_its_own_adapter():
     finally:
         method.disable(t)
     assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
+    return model, ref
 
 
 @pytest.mark.parametrize("arch", ["flux", "wan", "qwen"])
