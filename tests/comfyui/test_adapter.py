@@ -18,11 +18,20 @@ import pytest
 from .harness import ARCHS
 
 # Not in the harness: built here the same way (tiny, seeded, fp32, CPU). AuraFlow is in CacheDit's
-# tables; PixArt Sigma and HunyuanDiT (eps-prediction DiTs) are in none and take the generic path.
+# tables, Chroma Radiance through Chroma's; PixArt Sigma and HunyuanDiT (eps-prediction DiTs) are in
+# none and take the generic path.
 EXTRA_ARCHS = {
     "auraflow": dict(config_cls="AuraFlow", latent_shape=(1, 4, 16, 16), txt_dim=64,
                      unet_config=dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=4,
                                       n_double_layers=2, n_heads=2, global_conddim=64, cond_seq_dim=64, max_seq=64)),
+    # Chroma Radiance: pixel space (3 channels, patch 4, a NeRF head), hooked through Chroma's table entry
+    "chroma_radiance": dict(config_cls="ChromaRadiance", latent_shape=(1, 3, 32, 32), txt_dim=64,
+                            unet_config=dict(image_model="chroma_radiance", in_channels=3, out_channels=3,
+                                             context_in_dim=64, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2,
+                                             depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, patch_size=4,
+                                             qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2,
+                                             nerf_hidden_size=32, nerf_mlp_ratio=2, nerf_depth=2, nerf_max_freqs=4,
+                                             nerf_tile_size=0, nerf_final_head_type="conv", nerf_embedder_dtype=None)),
     # PixArt's position embedding needs (H + W) / 2 >= 64 latent pixels
     "pixart_sigma": dict(config_cls="PixArtSigma", latent_shape=(1, 4, 64, 64), txt_dim=32,
                          unet_config=dict(image_model="pixart_sigma", input_size=64, patch_size=4, in_channels=4,
