@@ -18,8 +18,8 @@ import pytest
 from .harness import ARCHS
 
 # Not in the harness: built here the same way (tiny, seeded, fp32, CPU). AuraFlow is in CacheDit's
-# tables, Chroma Radiance through Chroma's; PixArt Sigma and HunyuanDiT (eps-prediction DiTs) are in
-# none and take the generic path.
+# tables, Chroma Radiance through Chroma's; OmniGen2, PixArt Sigma and HunyuanDiT (eps-prediction
+# DiTs, the last two) are in none and take the generic path.
 EXTRA_ARCHS = {
     "auraflow": dict(config_cls="AuraFlow", latent_shape=(1, 4, 16, 16), txt_dim=64,
                      unet_config=dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=4,
@@ -32,6 +32,11 @@ EXTRA_ARCHS = {
                                              qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2,
                                              nerf_hidden_size=32, nerf_mlp_ratio=2, nerf_depth=2, nerf_max_freqs=4,
                                              nerf_tile_size=0, nerf_final_head_type="conv", nerf_embedder_dtype=None)),
+    # OmniGen2 (Lumina-style layers and refiners, in no table: the generic path); its text needs a mask
+    "omnigen2": dict(config_cls="Omnigen2", latent_shape=(1, 16, 16, 16), txt_dim=64, text_mask=True,
+                     unet_config=dict(image_model="omnigen2", patch_size=2, in_channels=16, hidden_size=64, num_layers=4,
+                                      num_refiner_layers=1, num_attention_heads=2, num_kv_heads=2, multiple_of=16,
+                                      axes_dim_rope=(8, 12, 12), axes_lens=(64, 32, 32), text_feat_dim=64)),
     # PixArt's position embedding needs (H + W) / 2 >= 64 latent pixels
     "pixart_sigma": dict(config_cls="PixArtSigma", latent_shape=(1, 4, 64, 64), txt_dim=32,
                          unet_config=dict(image_model="pixart_sigma", input_size=64, patch_size=4, in_channels=4,
@@ -76,6 +81,8 @@ def _cond(h, arch, seed=1234):
     def one(s):
         g = torch.Generator().manual_seed(s)
         extra = {"pooled_output": None}
+        if EXTRA_ARCHS[arch].get("text_mask"):
+            extra.update(attention_mask=torch.ones(1, 8, dtype=torch.long))
         if "t5_dim" in EXTRA_ARCHS[arch]:  # HunyuanDiT: CLIP and mT5 states, each with its mask
             extra.update(attention_mask=torch.ones(1, 8, dtype=torch.long), attention_mask_mt5xl=torch.ones(1, 8, dtype=torch.long),
                          conditioning_mt5xl=torch.randn(1, 8, EXTRA_ARCHS[arch]["t5_dim"], generator=g))
