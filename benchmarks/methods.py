@@ -200,6 +200,11 @@ def _is_ltx(t: nn.Module) -> bool:
     return type(t).__name__ == "LTXVideoTransformer3DModel"
 
 
+def _is_hunyuan(t: nn.Module) -> bool:
+    """A HunyuanVideo transformer (cache-dit needs its HunyuanVideo adapter: two lists, Pattern_0 each)."""
+    return type(t).__name__ == "HunyuanVideoTransformer3DModel"
+
+
 def _cache_dit_target(t: nn.Module) -> Any:
     """What cache-dit is enabled on: the transformer itself, or for the layouts cache-dit only knows
     through their pipelines the BlockAdapter its own adapter for that pipeline builds: SD3 (blocks,
@@ -216,6 +221,10 @@ def _cache_dit_target(t: nn.Module) -> Any:
     if _is_ltx(t):
         return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_2,
                             check_forward_pattern=False)
+    if _is_hunyuan(t):
+        return BlockAdapter(transformer=t, blocks=[t.transformer_blocks, t.single_transformer_blocks],
+                            forward_pattern=[ForwardPattern.Pattern_0, ForwardPattern.Pattern_0],
+                            check_forward_pattern=True, check_num_outputs=False)
     return t
 
 
@@ -293,10 +302,12 @@ def arch_of(t: nn.Module) -> str:
 
 # Block lists (PAB) and attention modules (FasterCache) per layout.
 PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",),
-              "sd3": ("transformer_blocks",), "zimage": ("layers",), "ltx": ("transformer_blocks",)}
+              "sd3": ("transformer_blocks",), "zimage": ("layers",), "ltx": ("transformer_blocks",),
+              "hunyuan": ("transformer_blocks", "single_transformer_blocks")}
 ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
                  "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",),
-                 "zimage": ("^layers.*attention",), "ltx": ("^transformer_blocks.*attn",)}
+                 "zimage": ("^layers.*attention",), "ltx": ("^transformer_blocks.*attn",),
+                 "hunyuan": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn")}
 
 TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"],
                        "zimage": [r"^layers\.\d+\.attention"]}  # others: diffusers' defaults

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from cachedit.bundled.archs import HELDOUT_ARCHS  # trained after the defaults were settled: --arch sd3 / zimage / ltx
+from cachedit.bundled.archs import HELDOUT_ARCHS  # trained after the defaults were settled: --arch sd3 / zimage / ltx / hunyuan
 
 from . import rows as R
 from .bundled_bench import BundledResult, pick_threads, run_bundled
@@ -46,7 +46,7 @@ def chart_name(arch: str) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CacheDit vs cache-dit vs diffusers caches (bundled models + scaling)")
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS + HELDOUT_ARCHS,
-                   help="bundled models (default: the three the defaults were measured on; sd3, zimage, ltx: the held-out ones)")
+                   help="bundled models (default: the three the defaults were measured on; sd3, zimage, ltx, hunyuan: the held-out ones)")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 28 50; --quick: 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds pooled for quality (default 3; --quick: 2)")
     p.add_argument("--batch", type=int, default=None, help="images per generation (default 8; --quick: 2); CFG doubles it")

@@ -26,7 +26,7 @@ import torch
 from .common import bundled_images, bundled_inputs, euler, machine_block, machine_info, SampleHooks
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-ARCHS = ("flux", "wan", "qwen", "sd3", "zimage", "ltx")
+ARCHS = ("flux", "wan", "qwen", "sd3", "zimage", "ltx", "hunyuan")
 SETTINGS: Dict[str, dict] = {"default": {}, "quality": {"quality": "quality"}, "fast": {"quality": "fast"}}
 LOST_DB = 30.0  # an image under this is another picture, not a softer one
 

@@ -128,6 +128,7 @@ MEASURED_ACCURACY = {"flux": (40, 1.0), "wan": (10, 1.0), "qwen": (10, 1.0)}
 SD3_ACCURACY = 1.0  # the held-out model, 10 images, same call
 ZIMAGE_ACCURACY = 1.0  # the second held-out model, same call
 LTX_ACCURACY = 1.0  # the third held-out model, same call
+HUNYUAN_ACCURACY = 1.0  # the fourth held-out model, same call
 
 
 @pytest.mark.parametrize("arch", D.ARCHS)
@@ -177,7 +178,7 @@ def test_archs_and_weights_are_listed():
         assert os.path.isfile(D.weights_path(arch)) and os.path.isfile(D.config_path(arch))
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000  # fp16, a few MB
     assert D.weights_path() == D.WEIGHTS_PATH and D.config_path() == D.CONFIG_PATH
-    assert D.HELDOUT_ARCHS == ("sd3", "zimage", "ltx") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
+    assert D.HELDOUT_ARCHS == ("sd3", "zimage", "ltx", "hunyuan") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
     for arch in D.HELDOUT_ARCHS:
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000 and os.path.isfile(D.config_path(arch))
     with pytest.raises(ValueError, match="unknown bundled arch"):
@@ -274,6 +275,30 @@ def test_heldout_ltx_loads_and_is_called_as_the_ltx_pipeline_calls_it():
     assert (kw["num_frames"], kw["height"], kw["width"]) == (1, 8, 8) and kw["rope_interpolation_scale"] == (8 / 25, 32.0, 32.0)
     labels = torch.arange(10)
     assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == LTX_ACCURACY
+
+
+def test_heldout_hunyuan_loads_and_is_called_as_the_hunyuan_video_pipeline_calls_it():
+    """The fourth held-out model: HunyuanVideoTransformer3DModel (a token refiner, 2 double-stream and
+    6 single-stream blocks), fed what HunyuanVideoPipeline feeds it: latents [B, C, F, H, W], timestep =
+    sigma * 1000, the text with its mask and the pooled projection; no embedded guidance (true CFG)."""
+    import diffusers
+
+    m = D.load_model("hunyuan")
+    tr = m.transformer
+    assert type(tr) is diffusers.HunyuanVideoTransformer3DModel and m.arch == "hunyuan" and m.sigma_shift == 1.0
+    assert len(tr.transformer_blocks) == 2 and len(tr.single_transformer_blocks) == 6 and not tr.config.guidance_embeds
+    ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
+    assert ehs.shape == (3, 4, 128) and pooled.shape == (3, 128)
+    lat = A.initial_latents("hunyuan", 2, seed=3)
+    noise = torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(3))
+    assert lat.shape == (2, 1, 1, 16, 16) and torch.equal(lat[:, :, 0], noise)
+    kw = A.transformer_kwargs("hunyuan", lat, 0.25, (ehs[:2], pooled[:2]))
+    assert sorted(kw) == ["encoder_attention_mask", "encoder_hidden_states", "guidance", "hidden_states",
+                          "pooled_projections", "return_dict", "timestep"]
+    assert torch.equal(kw["timestep"], torch.tensor([250.0, 250.0])) and kw["encoder_attention_mask"].eq(1).all()
+    assert kw["guidance"] is None
+    labels = torch.arange(10)
+    assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == HUNYUAN_ACCURACY
 
 
 def test_initial_latents_are_the_pipelines_layouts():

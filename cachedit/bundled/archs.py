@@ -28,6 +28,11 @@ arguments the transformer takes.  That knowledge lives here, once, and is used b
   latent of 4 channels, patch 1, as ``LTXPipeline`` packs [B, C, F, H, W]), an all-ones text mask,
   ``num_frames`` / ``height`` / ``width`` and the pipeline's RoPE interpolation scale, timestep =
   sigma * 1000. Held out, trained after ``zimage``.
+* ``hunyuan``: diffusers ``HunyuanVideoTransformer3DModel`` (HunyuanVideo: a token refiner for the
+  text, then double-stream and single-stream blocks); latents [B, 1, 1, 16, 16] (one frame, the
+  model patchifies), an all-ones text mask, the pooled text projection, no embedded guidance (true
+  CFG, as ``HunyuanVideoPipeline`` runs it with ``true_cfg_scale``), timestep = sigma * 1000. Held out,
+  trained after ``ltx``.
 
 Conditioning is ``(encoder_hidden_states [B, T, D], pooled [B, P] or None)``.
 """
@@ -150,6 +155,13 @@ def _ltx_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning
                 width=side, rope_interpolation_scale=_LTX_ROPE_SCALE, return_dict=False)
 
 
+def _hunyuan_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    ehs, pooled = cond
+    return dict(hidden_states=latents, timestep=_timestep(sigma, latents.shape[0], latents) * 1000.0,
+                encoder_hidden_states=ehs, encoder_attention_mask=_text_mask(ehs.shape[0], ehs.shape[1], ehs.device),
+                pooled_projections=pooled, guidance=None, return_dict=False)
+
+
 def _zimage_velocity(out: Any) -> Tensor:
     return -torch.stack(list(out), dim=0).squeeze(2)  # [B, C, 1, H, W] -> [B, C, H, W], negated as the pipeline does
 
@@ -199,10 +211,12 @@ ARCHS: Dict[str, Arch] = {
     "zimage": Arch("zimage", "ZImageTransformer2DModel", _zimage_kwargs, _identity, _identity, "layers", False,
                    _zimage_velocity),
     "ltx": Arch("ltx", "LTXVideoTransformer3DModel", _ltx_kwargs, pack_images, unpack_latents, "transformer_blocks", False),
+    "hunyuan": Arch("hunyuan", "HunyuanVideoTransformer3DModel", _hunyuan_kwargs, _frame, _unframe, "transformer_blocks",
+                    True),
 }
 # Layouts trained after the defaults were settled and never used to tune them: benchmarks report them
 # apart, as the check that the defaults hold on a model they have not seen.
-HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage", "ltx")
+HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage", "ltx", "hunyuan")
 
 
 def get_arch(name: str) -> Arch:

@@ -28,7 +28,8 @@ def residual_change_profile(model: D.DigitsModel, labels: Sequence[int], num_ste
 
     def hook(module, args, kwargs, output):
         inp = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        out = output[1] if isinstance(output, tuple) else output  # (encoder_hidden_states, hidden_states)
+        # a tuple holds the text stream too, in either order (FLUX: (encoder, hidden); HunyuanVideo: (hidden, encoder))
+        out = next(o for o in output if o.shape == inp.shape) if isinstance(output, tuple) else output
         residuals.append((out - inp).detach().float().cpu())
 
     h = A.get_arch(model.arch).first_block(model.transformer).register_forward_hook(hook, with_kwargs=True)
