@@ -322,19 +322,26 @@ def _zero(*modules: torch.nn.Module) -> None:
             torch.nn.init.zeros_(p)
 
 
+def _zero_table_modulation(time_proj: torch.nn.Module, blocks: torch.nn.ModuleList, tr: torch.nn.Module) -> None:
+    """Wan's modulation and LTX's adaLN-single: a shared time projection plus a learned per-block table;
+    both zero -> gates 0."""
+    _zero(time_proj, *blocks)  # recurse=False: only each block's scale_shift_table
+    torch.nn.init.zeros_(tr.scale_shift_table)
+    _zero(tr.proj_out)
+
+
 def zero_init(model: D.DigitsModel) -> None:
     """adaLN-Zero (DiT): every residual branch starts as identity, the output starts at 0."""
     tr = model.transformer
-    if model.arch == "flux":
+    if model.arch in ("flux", "hunyuan"):  # double-stream blocks modulate both streams, single-stream blocks one
         for blk in tr.transformer_blocks:
             _zero(blk.norm1.linear, blk.norm1_context.linear)
         _zero(*(blk.norm.linear for blk in tr.single_transformer_blocks))
         _zero(tr.norm_out.linear, tr.proj_out)
     elif model.arch == "wan":
-        # modulation = shared time projection + a learned per-block table; both zero -> gates 0
-        _zero(tr.condition_embedder.time_proj, *tr.blocks)  # recurse=False: only each block's scale_shift_table
-        torch.nn.init.zeros_(tr.scale_shift_table)
-        _zero(tr.proj_out)
+        _zero_table_modulation(tr.condition_embedder.time_proj, tr.blocks, tr)
+    elif model.arch == "ltx":
+        _zero_table_modulation(tr.time_embed.linear, tr.transformer_blocks, tr)
     elif model.arch == "qwen":
         for blk in tr.transformer_blocks:
             _zero(blk.img_mod[1], blk.txt_mod[1])
@@ -348,16 +355,6 @@ def zero_init(model: D.DigitsModel) -> None:
         _zero(*(blk.adaLN_modulation[0] for blk in (*tr.layers, *tr.noise_refiner)))
         for final in tr.all_final_layer.values():
             _zero(final.adaLN_modulation[1], final.linear)
-    elif model.arch == "ltx":
-        # adaLN-single: a shared time projection + a learned per-block table; both zero -> gates 0
-        _zero(tr.time_embed.linear, *tr.transformer_blocks)  # recurse=False: only each block's scale_shift_table
-        torch.nn.init.zeros_(tr.scale_shift_table)
-        _zero(tr.proj_out)
-    elif model.arch == "hunyuan":
-        for blk in tr.transformer_blocks:
-            _zero(blk.norm1.linear, blk.norm1_context.linear)
-        _zero(*(blk.norm.linear for blk in tr.single_transformer_blocks))
-        _zero(tr.norm_out.linear, tr.proj_out)
     else:
         raise ValueError(model.arch)
 
