@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from cachedit.bundled import archs as A
+
 from .common import machine_block, machine_info
 from .counters import ComputeCounter
 
@@ -235,7 +237,7 @@ def run(archs: Sequence[str], quick: bool = False, log: Callable[[str], None] = 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="default robustness table -> results/defaults.md")
-    p.add_argument("--arch", nargs="+", default=["flux", "wan", "qwen"], choices=["flux", "wan", "qwen", "sd3", "zimage", "ltx", "hunyuan"],
+    p.add_argument("--arch", nargs="+", default=["flux", "wan", "qwen"], choices=list(A.ARCHS),
                    help="bundled models (sd3, zimage, ltx, hunyuan: the held-out ones, trained after the defaults were settled)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)

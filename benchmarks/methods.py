@@ -14,7 +14,7 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -185,47 +185,41 @@ def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
     return {"cached_steps": cached, "cached_steps_list": [list(s.cached_steps or []) for s in stats]}
 
 
-def _is_sd3(t: nn.Module) -> bool:
-    """An SD3 transformer (cache-dit needs its SD3 adapter and no encoder calibrator there)."""
-    return type(t).__name__ == "SD3Transformer2DModel"
+# The layouts cache-dit knows only through their pipelines: the BlockAdapter its own adapter for that
+# pipeline builds (block lists, forward pattern, check_forward_pattern, other BlockAdapter arguments).
+# Z-Image's blocks take `x` and LTX-Video's return no text stream: no forward-pattern check there.
+_CACHE_DIT_ADAPTERS: Dict[str, Tuple[Tuple[str, ...], str, bool, Dict[str, Any]]] = {
+    "sd3": (("transformer_blocks",), "Pattern_1", True, {}),
+    "zimage": (("layers",), "Pattern_3", False, {}),
+    "ltx": (("transformer_blocks",), "Pattern_2", False, {}),
+    "hunyuan": (("transformer_blocks", "single_transformer_blocks"), "Pattern_0", True, {"check_num_outputs": False}),
+}
+# Layouts whose blocks return no text stream (SD3's last block is context-pre-only): cache-dit's encoder
+# calibrator has nothing to forecast there, and cache-dit 1.5.3's asserts on SD3's missing state.
+_NO_TEXT_OUTPUT = ("sd3", "zimage", "ltx")
 
 
-def _is_zimage(t: nn.Module) -> bool:
-    """A Z-Image transformer (cache-dit needs its Z-Image adapter; its blocks carry no text stream)."""
-    return type(t).__name__ == "ZImageTransformer2DModel"
-
-
-def _is_ltx(t: nn.Module) -> bool:
-    """An LTX-Video transformer (cache-dit needs its LTX adapter; its blocks return no text stream)."""
-    return type(t).__name__ == "LTXVideoTransformer3DModel"
-
-
-def _is_hunyuan(t: nn.Module) -> bool:
-    """A HunyuanVideo transformer (cache-dit needs its HunyuanVideo adapter: two lists, Pattern_0 each)."""
-    return type(t).__name__ == "HunyuanVideoTransformer3DModel"
+def _bundled_arch(t: nn.Module) -> Optional[str]:
+    """`arch_of(t)`, or None for a transformer of none of the bundled layouts."""
+    try:
+        return arch_of(t)
+    except ValueError:
+        return None
 
 
 def _cache_dit_target(t: nn.Module) -> Any:
-    """What cache-dit is enabled on: the transformer itself, or for the layouts cache-dit only knows
-    through their pipelines the BlockAdapter its own adapter for that pipeline builds: SD3 (blocks,
-    Pattern_1), Z-Image (layers, Pattern_3, no forward-pattern check: its blocks take `x`), LTX-Video
-    (transformer_blocks, Pattern_2, no forward-pattern check)."""
+    """What cache-dit is enabled on: the transformer itself, or for the layouts in _CACHE_DIT_ADAPTERS
+    the BlockAdapter cache-dit's own adapter for their pipeline builds."""
     from cache_dit import BlockAdapter, ForwardPattern
 
-    if _is_sd3(t):
-        return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_1,
-                            check_forward_pattern=True)
-    if _is_zimage(t):
-        return BlockAdapter(transformer=t, blocks=t.layers, forward_pattern=ForwardPattern.Pattern_3,
-                            check_forward_pattern=False)
-    if _is_ltx(t):
-        return BlockAdapter(transformer=t, blocks=t.transformer_blocks, forward_pattern=ForwardPattern.Pattern_2,
-                            check_forward_pattern=False)
-    if _is_hunyuan(t):
-        return BlockAdapter(transformer=t, blocks=[t.transformer_blocks, t.single_transformer_blocks],
-                            forward_pattern=[ForwardPattern.Pattern_0, ForwardPattern.Pattern_0],
-                            check_forward_pattern=True, check_num_outputs=False)
-    return t
+    spec = _CACHE_DIT_ADAPTERS.get(_bundled_arch(t))
+    if spec is None:
+        return t
+    names, pattern, check, extra = spec
+    lists = [getattr(t, n) for n in names]
+    patterns = [ForwardPattern[pattern]] * len(lists)
+    return BlockAdapter(transformer=t, blocks=lists[0] if len(lists) == 1 else lists,
+                        forward_pattern=patterns[0] if len(lists) == 1 else patterns, check_forward_pattern=check, **extra)
 
 
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
@@ -250,10 +244,7 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
             kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
-        # SD3's last block is context-pre-only (no text output): cache-dit 1.5.3's encoder calibrator then
-        # asserts on its missing state at the first reused step, so on SD3 it is off (it has nothing to forecast).
-        # Z-Image's blocks have no text stream either (Pattern_3), nor do LTX-Video's outputs (Pattern_2).
-        encoder = not (_is_sd3(t) or _is_zimage(t) or _is_ltx(t))
+        encoder = _bundled_arch(t) not in _NO_TEXT_OUTPUT  # see _NO_TEXT_OUTPUT
         built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
             taylorseer_order=order, enable_encoder_calibrator=encoder) if order else None)
         with contextlib.redirect_stdout(io.StringIO()):

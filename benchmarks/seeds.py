@@ -23,10 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from cachedit.bundled import archs as A
+
 from .common import bundled_images, bundled_inputs, euler, machine_block, machine_info, SampleHooks
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-ARCHS = ("flux", "wan", "qwen", "sd3", "zimage", "ltx", "hunyuan")
+ARCHS = tuple(A.ARCHS)  # every bundled layout, the held-out ones included
 SETTINGS: Dict[str, dict] = {"default": {}, "quality": {"quality": "quality"}, "fast": {"quality": "fast"}}
 LOST_DB = 30.0  # an image under this is another picture, not a softer one
 
