@@ -102,12 +102,8 @@ def cases_in(module: Any) -> List[Case]:
 
 
 def _output(out: Any) -> List[torch.Tensor]:
-    if hasattr(out, "sample"):
-        out = out.sample
-    if isinstance(out, (tuple, list)) and out and not torch.is_tensor(out[0]) and isinstance(out[0], (tuple, list)):
-        out = out[0]
-    if isinstance(out, tuple):
-        out = out[0]
+    """A call's first output as a list of tensors (Z-Image's is a list of per-image tensors)."""
+    out = out.sample if hasattr(out, "sample") else out[0] if isinstance(out, tuple) else out
     return [out] if torch.is_tensor(out) else list(out)
 
 
