@@ -238,7 +238,7 @@ def run(archs: Sequence[str], quick: bool = False, log: Callable[[str], None] = 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="default robustness table -> results/defaults.md")
     p.add_argument("--arch", nargs="+", default=["flux", "wan", "qwen"], choices=list(A.ARCHS),
-                   help="bundled models (sd3, zimage, ltx, hunyuan: the held-out ones, trained after the defaults were settled)")
+                   help="bundled models (sd3, zimage, ltx, hunyuan, hidream: the held-out ones, trained after the defaults were settled)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="models run in parallel processes (3: one per model)")

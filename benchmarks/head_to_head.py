@@ -134,7 +134,7 @@ def report(res: BundledResult, table: str, rounds: int, info: Dict[str, str], se
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="flux", help="bundled model (flux, wan, qwen; held out: sd3, zimage, ltx, hunyuan)")
+    p.add_argument("--arch", default="flux", help="bundled model (flux, wan, qwen; held out: sd3, zimage, ltx, hunyuan, hidream)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--table", default=None, help="results table to take the contenders from "
                    "(default: results/results[_<arch>]_<steps>.md)")

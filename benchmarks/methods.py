@@ -186,13 +186,17 @@ def _cache_dit_report(transformer: nn.Module) -> Dict[str, Any]:
 
 
 # The layouts cache-dit knows only through their pipelines: the BlockAdapter its own adapter for that
-# pipeline builds (block lists, forward pattern, check_forward_pattern, other BlockAdapter arguments).
+# pipeline builds (block lists, forward pattern or one per list, check_forward_pattern, other BlockAdapter
+# arguments; a patch_functor by its class name in cache_dit.caching.patch_functors).
 # Z-Image's blocks take `x` and LTX-Video's return no text stream: no forward-pattern check there.
 _CACHE_DIT_ADAPTERS: Dict[str, Tuple[Tuple[str, ...], str, bool, Dict[str, Any]]] = {
     "sd3": (("transformer_blocks",), "Pattern_1", True, {}),
     "zimage": (("layers",), "Pattern_3", False, {}),
     "ltx": (("transformer_blocks",), "Pattern_2", False, {}),
     "hunyuan": (("transformer_blocks", "single_transformer_blocks"), "Pattern_0", True, {"check_num_outputs": False}),
+    # cache-dit runs HiDream's two lists through its own copy of the model's forward (HiDreamPatchFunctor)
+    "hidream": (("double_stream_blocks", "single_stream_blocks"), ("Pattern_0", "Pattern_3"), True,
+                {"check_num_outputs": True, "patch_functor": "HiDreamPatchFunctor"}),
 }
 # Layouts whose blocks return no text stream (SD3's last block is context-pre-only): cache-dit's encoder
 # calibrator has nothing to forecast there, and cache-dit 1.5.3's asserts on SD3's missing state.
@@ -217,7 +221,11 @@ def _cache_dit_target(t: nn.Module) -> Any:
         return t
     names, pattern, check, extra = spec
     lists = [getattr(t, n) for n in names]
-    patterns = [ForwardPattern[pattern]] * len(lists)
+    patterns = [ForwardPattern[p] for p in pattern] if isinstance(pattern, tuple) else [ForwardPattern[pattern]] * len(lists)
+    if "patch_functor" in extra:
+        from cache_dit.caching import patch_functors
+
+        extra = dict(extra, patch_functor=getattr(patch_functors, extra["patch_functor"])())
     return BlockAdapter(transformer=t, blocks=lists[0] if len(lists) == 1 else lists,
                         forward_pattern=patterns[0] if len(lists) == 1 else patterns, check_forward_pattern=check, **extra)
 
@@ -294,14 +302,18 @@ def arch_of(t: nn.Module) -> str:
 # Block lists (PAB) and attention modules (FasterCache) per layout.
 PAB_BLOCKS = {"flux": ("transformer_blocks", "single_transformer_blocks"), "wan": ("blocks",), "qwen": ("transformer_blocks",),
               "sd3": ("transformer_blocks",), "zimage": ("layers",), "ltx": ("transformer_blocks",),
-              "hunyuan": ("transformer_blocks", "single_transformer_blocks")}
+              "hunyuan": ("transformer_blocks", "single_transformer_blocks"),
+              "hidream": ("double_stream_blocks", "single_stream_blocks")}
 ATTN_PATTERNS = {"flux": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"), "wan": ("^blocks.*attn",),
                  "qwen": ("^transformer_blocks.*attn",), "sd3": ("^transformer_blocks.*attn",),
                  "zimage": ("^layers.*attention",), "ltx": ("^transformer_blocks.*attn",),
-                 "hunyuan": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn")}
+                 "hunyuan": ("^transformer_blocks.*attn", "^single_transformer_blocks.*attn"),
+                 "hidream": ("^double_stream_blocks.*attn", "^single_stream_blocks.*attn")}
 
 TAYLORSEER_PATTERNS = {"wan": [r"^blocks\.\d+\.attn1", r"^blocks\.\d+\.attn2"],
-                       "zimage": [r"^layers\.\d+\.attention"]}  # others: diffusers' defaults
+                       "zimage": [r"^layers\.\d+\.attention"],
+                       "hidream": [r"^double_stream_blocks\.\d+\.block\.attn1", r"^single_stream_blocks\.\d+\.block\.attn1"]}
+# others: diffusers' defaults
 
 
 def _diffusers_reset(t: nn.Module) -> None:

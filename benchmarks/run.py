@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from cachedit.bundled.archs import HELDOUT_ARCHS  # trained after the defaults were settled: --arch sd3 / zimage / ltx / hunyuan
+from cachedit.bundled.archs import HELDOUT_ARCHS  # trained after the defaults were settled: --arch sd3 / zimage / ltx / hunyuan / hidream
 
 from . import rows as R
 from .bundled_bench import BundledResult, pick_threads, run_bundled
@@ -46,7 +46,7 @@ def chart_name(arch: str) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CacheDit vs cache-dit vs diffusers caches (bundled models + scaling)")
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS + HELDOUT_ARCHS,
-                   help="bundled models (default: the three the defaults were measured on; sd3, zimage, ltx, hunyuan: the held-out ones)")
+                   help="bundled models (default: the three the defaults were measured on; sd3, zimage, ltx, hunyuan, hidream: the held-out ones)")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 28 50; --quick: 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds pooled for quality (default 3; --quick: 2)")
     p.add_argument("--batch", type=int, default=None, help="images per generation (default 8; --quick: 2); CFG doubles it")
@@ -83,6 +83,8 @@ def load_bundled(arch: str = "flux", random_weights: bool = False, tiny: bool = 
         cfg["transformer"].update(num_layers=1, num_single_layers=3, attention_head_dim=16, num_attention_heads=2,
                                   joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6])
         cfg["label_embedder"].update(joint_attention_dim=32, pooled_projection_dim=32)
+    elif tiny and arch == "hidream":  # one Llama feature per block: the list follows the block count
+        cfg["transformer"].update(num_layers=1, num_single_layers=3, llama_layers=[0, 1, 2, 3])
     elif tiny:
         cfg["transformer"].update(num_layers=3)
     torch.manual_seed(0)

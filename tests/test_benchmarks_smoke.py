@@ -218,12 +218,13 @@ def test_the_peers_run_on_the_heldout_sd3_layout():
     assert torch.equal(D.generate(model, [1, 2], num_steps=8, seed=0), ref)
 
 
-@pytest.mark.parametrize("arch", ["ltx", "hunyuan"])
+@pytest.mark.parametrize("arch", ["ltx", "hunyuan", "hidream"])
 def test_cache_dit_runs_on_the_heldout_layouts_through_its_own_adapters(arch):
-    """cache-dit knows LTX-Video and HunyuanVideo only through their pipelines: the harness hands it
-    the BlockAdapter its own adapter builds (LTX: Pattern_2, no forward-pattern check, no encoder
-    calibrator: the blocks return no text stream; HunyuanVideo: both lists Pattern_0), and its
-    TaylorSeer rows reuse there; disabled, the model is untouched."""
+    """cache-dit knows LTX-Video, HunyuanVideo and HiDream only through their pipelines: the harness
+    hands it the BlockAdapter its own adapter builds (LTX: Pattern_2, no forward-pattern check, no
+    encoder calibrator: the blocks return no text stream; HunyuanVideo: both lists Pattern_0; HiDream:
+    Pattern_0 and Pattern_3 through cache-dit's copy of the model's forward), and its TaylorSeer rows
+    reuse there; disabled, the model is untouched."""
     _cache_dit_reuses_and_restores(arch)
 
 

@@ -129,6 +129,7 @@ SD3_ACCURACY = 1.0  # the held-out model, 10 images, same call
 ZIMAGE_ACCURACY = 1.0  # the second held-out model, same call
 LTX_ACCURACY = 1.0  # the third held-out model, same call
 HUNYUAN_ACCURACY = 1.0  # the fourth held-out model, same call
+HIDREAM_ACCURACY = 1.0  # the fifth held-out model, same call
 
 
 @pytest.mark.parametrize("arch", D.ARCHS)
@@ -178,11 +179,11 @@ def test_archs_and_weights_are_listed():
         assert os.path.isfile(D.weights_path(arch)) and os.path.isfile(D.config_path(arch))
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000  # fp16, a few MB
     assert D.weights_path() == D.WEIGHTS_PATH and D.config_path() == D.CONFIG_PATH
-    assert D.HELDOUT_ARCHS == ("sd3", "zimage", "ltx", "hunyuan") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
+    assert D.HELDOUT_ARCHS == ("sd3", "zimage", "ltx", "hunyuan", "hidream") and not set(D.HELDOUT_ARCHS) & set(D.ARCHS)
     for arch in D.HELDOUT_ARCHS:
         assert os.path.getsize(D.weights_path(arch)) < 13_000_000 and os.path.isfile(D.config_path(arch))
     with pytest.raises(ValueError, match="unknown bundled arch"):
-        D.load_model("hidream")
+        D.load_model("mochi")
     with pytest.raises(TypeError):
         D.load_model(torch.float16)  # the first argument is the arch now
 
@@ -299,6 +300,45 @@ def test_heldout_hunyuan_loads_and_is_called_as_the_hunyuan_video_pipeline_calls
     assert kw["guidance"] is None
     labels = torch.arange(10)
     assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == HUNYUAN_ACCURACY
+
+
+def test_heldout_hidream_loads_and_is_called_as_the_hidream_pipeline_calls_it():
+    """The fifth held-out model: HiDreamImageTransformer2DModel (2 double-stream and 6 single-stream
+    blocks with mixture-of-experts feed-forwards, a different Llama feature appended to each block's
+    input), fed what HiDreamImagePipeline feeds it: latents [B, C, H, W], timesteps = sigma * 1000,
+    the T5 tokens, the Llama features as [layers, B, T, D], the pooled embedding; the output negated.
+    In train mode diffusers returns the tokens' layout, which the velocity puts back into the image's."""
+    import diffusers
+
+    m = D.load_model("hidream")
+    tr = m.transformer
+    assert type(tr) is diffusers.HiDreamImageTransformer2DModel and m.arch == "hidream" and m.sigma_shift == 1.0
+    assert len(tr.double_stream_blocks) == 2 and len(tr.single_stream_blocks) == 6
+    assert tr.config.num_routed_experts == 4 and tr.config.num_activated_experts == 2
+    ehs, pooled = m.condition(torch.tensor([0, 9, D.NULL_LABEL]))
+    assert ehs.shape == (3, 4, A.HIDREAM_T5_DIM + 8 * A.HIDREAM_LLAMA_DIM) and pooled.shape == (3, 128)
+    lat = A.initial_latents("hidream", 2, seed=3)
+    assert torch.equal(lat, torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(3)))
+    kw = A.transformer_kwargs("hidream", lat, 0.25, (ehs[:2], pooled[:2]))
+    assert sorted(kw) == ["encoder_hidden_states_llama3", "encoder_hidden_states_t5", "hidden_states", "pooled_embeds",
+                          "return_dict", "timesteps"]
+    assert torch.equal(kw["timesteps"], torch.tensor([250.0, 250.0]))
+    assert torch.equal(kw["encoder_hidden_states_t5"], ehs[:2, :, :A.HIDREAM_T5_DIM])
+    llama = kw["encoder_hidden_states_llama3"]
+    assert llama.shape == (8, 2, 4, A.HIDREAM_LLAMA_DIM)
+    assert torch.equal(llama[5, 1, 2], ehs[1, 2, A.HIDREAM_T5_DIM + 5 * A.HIDREAM_LLAMA_DIM:][:A.HIDREAM_LLAMA_DIM])
+    with torch.no_grad():
+        out = tr(**kw)[0]
+        v = A.velocity("hidream", out)
+        assert out.shape == (2, 1, 16, 16) and torch.equal(v, -out)
+        tr.train()
+        try:
+            v_train = A.velocity("hidream", tr(**kw)[0])  # [B, C, tokens, p*p] while training
+        finally:
+            tr.eval()
+    assert torch.allclose(v_train, v, atol=1e-5)
+    labels = torch.arange(10)
+    assert D.digit_accuracy(D.generate(m, labels, num_steps=28, guidance_scale=3.0, seed=0), labels) == HIDREAM_ACCURACY
 
 
 def test_initial_latents_are_the_pipelines_layouts():

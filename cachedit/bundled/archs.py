@@ -33,6 +33,12 @@ arguments the transformer takes.  That knowledge lives here, once, and is used b
   model patchifies), an all-ones text mask, the pooled text projection, no embedded guidance (true
   CFG, as ``HunyuanVideoPipeline`` runs it with ``true_cfg_scale``), timestep = sigma * 1000. Held out,
   trained after ``ltx``.
+* ``hidream``: diffusers ``HiDreamImageTransformer2DModel`` (HiDream-I1: double-stream then
+  single-stream blocks with mixture-of-experts feed-forwards; the model appends a different Llama
+  layer's text tokens to each block's input between blocks); latents [B, 1, 16, 16] (the model
+  patchifies), the T5 tokens and one Llama feature per block, both cut from the label embedder's
+  tokens (:data:`HIDREAM_T5_DIM`, :data:`HIDREAM_LLAMA_DIM`), the pooled embedding, timestep = sigma *
+  1000, and the output negated as ``HiDreamImagePipeline`` does. Held out, trained after ``hunyuan``.
 
 Conditioning is ``(encoder_hidden_states [B, T, D], pooled [B, P] or None)``.
 """
@@ -162,6 +168,31 @@ def _hunyuan_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditio
                 pooled_projections=pooled, guidance=None, return_dict=False)
 
 
+# The bundled HiDream layout's text features: each label token carries the T5 feature, then one Llama
+# feature per block (HiDreamImagePipeline passes them as [layers, B, T, D] beside [B, T, D_t5]).
+HIDREAM_T5_DIM = 64
+HIDREAM_LLAMA_DIM = 32
+
+
+def _hidream_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    ehs, pooled = cond
+    b, t, _ = ehs.shape
+    llama = ehs[..., HIDREAM_T5_DIM:].reshape(b, t, -1, HIDREAM_LLAMA_DIM).permute(2, 0, 1, 3)
+    return dict(hidden_states=latents, timesteps=_timestep(sigma, b, latents) * 1000.0,
+                encoder_hidden_states_t5=ehs[..., :HIDREAM_T5_DIM], encoder_hidden_states_llama3=llama,
+                pooled_embeds=pooled, return_dict=False)
+
+
+def _hidream_velocity(out: Tensor) -> Tensor:
+    """Minus the output, as HiDreamImagePipeline takes it. In train mode diffusers returns the tokens'
+    layout [B, C, tokens, p*p] instead of the image (the training script trains it there): put back."""
+    if out.shape[-1] != out.shape[-2]:
+        b, c, n, pp = out.shape
+        p, side = math.isqrt(pp), math.isqrt(n)
+        out = out.reshape(b, c, side, side, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, side * p, side * p)
+    return -out
+
+
 def _zimage_velocity(out: Any) -> Tensor:
     return -torch.stack(list(out), dim=0).squeeze(2)  # [B, C, 1, H, W] -> [B, C, H, W], negated as the pipeline does
 
@@ -213,10 +244,12 @@ ARCHS: Dict[str, Arch] = {
     "ltx": Arch("ltx", "LTXVideoTransformer3DModel", _ltx_kwargs, pack_images, unpack_latents, "transformer_blocks", False),
     "hunyuan": Arch("hunyuan", "HunyuanVideoTransformer3DModel", _hunyuan_kwargs, _frame, _unframe, "transformer_blocks",
                     True),
+    "hidream": Arch("hidream", "HiDreamImageTransformer2DModel", _hidream_kwargs, _identity, _identity,
+                    "double_stream_blocks", True, _hidream_velocity),
 }
 # Layouts trained after the defaults were settled and never used to tune them: benchmarks report them
 # apart, as the check that the defaults hold on a model they have not seen.
-HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage", "ltx", "hunyuan")
+HELDOUT_ARCHS: Tuple[str, ...] = ("sd3", "zimage", "ltx", "hunyuan", "hidream")
 
 
 def get_arch(name: str) -> Arch:

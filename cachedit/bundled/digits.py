@@ -71,7 +71,7 @@ __all__ = [
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # ("flux", "wan", "qwen"): the layouts the defaults were measured on (demo, tests, benchmarks)
 ARCHS = tuple(a for a in A.ARCHS if a not in A.HELDOUT_ARCHS)
-HELDOUT_ARCHS = A.HELDOUT_ARCHS  # ("sd3", "zimage", "ltx", "hunyuan"): committed weights too, never used to tune anything (benchmarks only)
+HELDOUT_ARCHS = A.HELDOUT_ARCHS  # ("sd3", "zimage", "ltx", "hunyuan", "hidream"): committed weights too, never used to tune anything (benchmarks only)
 
 
 def config_path(arch: str = "flux") -> str:
