@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 BLOCK_LIST_NAMES = ("transformer_blocks", "single_transformer_blocks", "blocks", "noise_refiner", "context_refiner",
-                    "layers")
+                    "layers", "double_stream_blocks", "single_stream_blocks")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,11 +75,15 @@ class ComputeCounter:
 
     @staticmethod
     def _shape_hook(attn: nn.Module, lengths: Dict[str, Tuple[int, int]]):
-        joint = getattr(attn, "add_q_proj", None) is not None
+        # joint attention over image + text: diffusers' add_q_proj; HiDream's to_q_t, whose text comes third
+        # (HiDreamAttention(hidden_states, hidden_states_masks, encoder_hidden_states, ...))
+        hidream = getattr(attn, "to_q_t", None) is not None
+        joint = hidream or getattr(attn, "add_q_proj", None) is not None
+        text_at = 2 if hidream else 1
 
         def hook(module, args, kwargs):
             hs = kwargs.get("hidden_states", args[0] if args else None)
-            ehs = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            ehs = kwargs.get("encoder_hidden_states", args[text_at] if len(args) > text_at else None)
             if not torch.is_tensor(hs) or hs.ndim < 3:
                 return None
             lq = hs.shape[-2]

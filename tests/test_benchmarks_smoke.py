@@ -16,6 +16,7 @@ from benchmarks import rows as R  # noqa: E402
 from benchmarks import run as bench  # noqa: E402
 from benchmarks.report import TABLE_COLUMNS, markdown_table, result_from_markdown, results_markdown, summary  # noqa: E402
 from benchmarks.scaling import run_scaling, scaling_table  # noqa: E402
+from cachedit.bundled import archs as A  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +427,25 @@ class BrokenTesterConfig:
         "| AudioVideoDiT | transformer_blocks x4 | bit-identical | 0 of 6 | 0 of 6 | bit-identical |  |",
         "| LTX2VideoTransformer3DModel | transformer_blocks x2 | bit-identical | 4 of 6 | 2 of 6 | bit-identical |  |",
     ]
+
+
+@pytest.mark.parametrize("arch", sorted(A.ARCHS))
+def test_compute_counter_sees_every_block_of_every_bundled_layout(arch):
+    """The block-compute column of every table: one uncached call runs each attention module of each
+    block once (HiDream's blocks sit in double_stream_blocks / single_stream_blocks), and a second
+    call counts the same MACs again (no hook lost, none doubled)."""
+    from benchmarks.counters import ComputeCounter, _attention_modules
+    from cachedit.bundled import digits as D
+
+    model, _ = bench.load_bundled(arch, random_weights=True)
+    counter = ComputeCounter(model.transformer)
+    try:
+        assert any(b is A.get_arch(arch).first_block(model.transformer) for b in counter.blocks)
+        D.generate(model, [1, 2], num_steps=1, seed=0, cfg_mode="none")
+        first = counter.macs
+        assert first > 0 and counter.attn == [len(_attention_modules(b)) for b in counter.blocks]
+        assert min(counter.attn) >= 1
+        D.generate(model, [1, 2], num_steps=1, seed=0, cfg_mode="none")
+        assert counter.macs == 2 * first
+    finally:
+        counter.close()
