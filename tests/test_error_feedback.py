@@ -538,9 +538,11 @@ def _kontext_separate_run(model, steps: int, ref_on_uncond: bool, seed: int = 0)
     with torch.no_grad():
         for i in range(steps):
             s = float(sigmas[i])
-            v_c = t(**K.transformer_kwargs(x, s, cond, ref))[0][:, :K.IMAGE_TOKENS]
-            if ref_on_uncond:
-                v_u = t(**K.transformer_kwargs(x, s, uncond, ref))[0][:, :K.IMAGE_TOKENS]
+            kw = K.transformer_kwargs(x, s, cond, ref)
+            v_c = t(**kw)[0][:, :K.IMAGE_TOKENS]
+            if ref_on_uncond:  # one latent + reference for both calls, as FluxKontextPipeline's true CFG passes it
+                kw_u = dict(K.transformer_kwargs(x, s, uncond, ref), hidden_states=kw["hidden_states"])
+                v_u = t(**kw_u)[0][:, :K.IMAGE_TOKENS]
             else:
                 v_u = t(**A.transformer_kwargs("flux", x, s, uncond))[0]
             x = x + (float(sigmas[i + 1]) - s) * (v_u + 3.0 * (v_c - v_u))
@@ -592,3 +594,26 @@ def test_separate_branches_calibrate_against_the_leads_change_and_uneven_ones_cu
         bus.run_finished.disconnect(on_finished)
         bus.step_computed.disconnect(on_computed)
         cachedit.disable_cache(model.transformer)
+
+
+@pytest.mark.parametrize("cfg", ["none", "batched", "separate"])
+def test_a_heun_loop_without_a_named_sampler_gets_the_higher_order_budget(cfg):
+    """A transformer called from a loop of its own names no sampler. Heun's corrector evaluation and
+    the next step's first one share a timestep on two different latents: from that step on, error
+    feedback takes the higher-order share of the budget (sampler_kind.SECOND_EVALUATION), as a
+    pipeline with FlowMatchHeunDiscreteScheduler gets it. Euler loops, with the CFG branches as
+    separate calls on one latent or batched, keep the whole budget. The detection starts over
+    with each run."""
+    model = make_tiny_flux()
+    cachedit.enable_cache(model)
+    engine = cachedit.get_manager().entry(model).engine
+    base = engine.options.error_budget
+    sample(model, steps=12, cfg=cfg)
+    assert engine.feedback.sampler is None and engine.run_budget() == pytest.approx(base)
+    sample(model, steps=12, cfg=cfg, heun=True)
+    assert engine.feedback.sampler == sampler_kind.SECOND_EVALUATION
+    assert engine.run_budget() == pytest.approx(base * sampler_kind.HIGHER_ORDER_BUDGET_SCALE)
+    assert engine._sampler_note() == f"{sampler_kind.SECOND_EVALUATION}: budget x0.8"  # the run log line's sampler=
+    sample(model, steps=12, cfg=cfg)  # the next run is Euler again
+    assert engine.feedback.sampler is None and engine.run_budget() == pytest.approx(base)
+    cachedit.disable_cache(model)

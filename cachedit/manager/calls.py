@@ -144,6 +144,7 @@ class CallPlacer:
         self.refresh_repeat = False  # force_refresh_step_policy == "repeat"
         self._run_ended = run_ended  # the engine's end-of-run work; returns the extra payload of run_finished
         self.on_run_started: Optional[Callable[[RunState, CallRequest], None]] = None  # the engine's run-start work
+        self.on_moved_evaluation: Optional[Callable[[RunState], None]] = None  # a run's first Heun-type evaluation
 
     @property
     def tracker(self) -> RunTracker:
@@ -179,6 +180,10 @@ class CallPlacer:
                     self.on_run_started(run, request)
                 if bus.run_started.receivers:
                     bus.run_started.send(self.key, name=self.name, run=run.index, reason=reason)
+            if not run.moved_evaluation and self._moved_evaluation(run, step, request.model_input):
+                run.moved_evaluation = True
+                if self.on_moved_evaluation is not None:
+                    self.on_moved_evaluation(run)
             branch = run.branch(key)
             if branch.signature != request.signature:
                 if branch.signature is not None and bus.branch_reset.receivers:
@@ -195,6 +200,22 @@ class CallPlacer:
                                    else run.noise_progress(timestep))
             call.timestep = timestep
             call.final = self._is_final(run, branch, step, call.progress)
+
+    @staticmethod
+    def _moved_evaluation(run: RunState, step: int, x: Optional[torch.Tensor]) -> bool:
+        """Whether this call evaluates the model at the step's timestep on another latent than the
+        step's first call did: a Heun-type sampler's second evaluation (its corrector point, then the
+        next step's start, share a timestep), where CFG branches and repeated conditionings pass the
+        same latent. Host-side only (which storage, no values read); the first call's latent is held
+        until the step ends, so a later call's fresh latent cannot take over its freed memory."""
+        if not torch.is_tensor(x):
+            return False
+        first = run.step_input
+        if first is None or first[0] != step:
+            run.step_input = (step, x)
+            return False
+        held = first[1]
+        return x.shape == held.shape and x.data_ptr() != held.data_ptr()
 
     @staticmethod
     def _is_final(run: RunState, branch: BranchState, step: int, progress: float) -> bool:

@@ -25,6 +25,7 @@ import torch
 from ..config import CacheOptions, cfg_compat
 from ..config.presets import RunInfo, RunSettings, apply_settings, plan_run
 from ..events import report
+from . import sampler_kind
 from .block_prune import BlockPrune, prune_layout
 from .block_reuse import BlockReuse, Streams
 from .buffers import ProbeBuffers, tensor_version
@@ -58,6 +59,7 @@ class CacheEngine:
         self._warned_noise = False  # the one-time "the sampler adds noise at every step" warning was given
         self.placer = CallPlacer(key, name, self.lock, self._run_ended)
         self.placer.on_run_started = self._run_started
+        self.placer.on_moved_evaluation = self._moved_evaluation
         self.family = "dit"  # config/presets.py: set by whoever enables the cache (from the model's class)
         self.expert: Optional[str] = None  # Wan 2.2: "high" / "low" when the caller knows (presets.expert_of)
         self.run_settings: Optional[RunSettings] = None  # what the preset chose for the current/last run
@@ -156,6 +158,13 @@ class CacheEngine:
         if self.feedback is not None:
             self.feedback.budget = self.options.error_budget
             self.feedback.use_predictor(self.options.taylorseer_order)
+
+    def _moved_evaluation(self, run) -> None:
+        """A step of this run evaluated the model twice on different latents (calls.py): a Heun-type
+        sampler. When the caller named no sampler (a transformer in a loop of its own), error
+        feedback's budget follows that kind from here on (sampler_kind.SECOND_EVALUATION)."""
+        if self.feedback is not None and self.feedback.sampler is None:
+            self.feedback.sampler = sampler_kind.SECOND_EVALUATION
 
     def reconfigure(self, options: CacheOptions) -> None:
         """Switch to new options (the caller re-installs hooks: block roles may change)."""

@@ -156,6 +156,9 @@ class RunState:
     forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
     # step -> its first branch's (decision, probe change, form: (stream shape or reference shapes, additions))
     leads: Dict[int, tuple] = dataclasses.field(default_factory=dict)
+    # the current step's first call: (step, its model input); see CallPlacer._moved_evaluation
+    step_input: Optional[tuple] = None
+    moved_evaluation: bool = False  # a call of a step took another latent than its first call (Heun-type)
 
     def __post_init__(self) -> None:
         if self.record is None:
