@@ -174,13 +174,20 @@ HIDREAM_T5_DIM = 64
 HIDREAM_LLAMA_DIM = 32
 
 
-def _hidream_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
-    ehs, pooled = cond
+def hidream_text(ehs: Tensor) -> Tuple[Tensor, Tensor]:
+    """The HiDream layout's label tokens [B, T, D] -> (T5 features [B, T, HIDREAM_T5_DIM], Llama features
+    [layers, B, T, HIDREAM_LLAMA_DIM] as HiDreamImagePipeline passes them)."""
     b, t, _ = ehs.shape
     llama = ehs[..., HIDREAM_T5_DIM:].reshape(b, t, -1, HIDREAM_LLAMA_DIM).permute(2, 0, 1, 3)
-    return dict(hidden_states=latents, timesteps=_timestep(sigma, b, latents) * 1000.0,
-                encoder_hidden_states_t5=ehs[..., :HIDREAM_T5_DIM], encoder_hidden_states_llama3=llama,
-                pooled_embeds=pooled, return_dict=False)
+    return ehs[..., :HIDREAM_T5_DIM], llama
+
+
+def _hidream_kwargs(latents: Tensor, sigma: Union[float, Tensor], cond: Conditioning) -> Dict[str, Any]:
+    ehs, pooled = cond
+    t5, llama = hidream_text(ehs)
+    return dict(hidden_states=latents, timesteps=_timestep(sigma, ehs.shape[0], latents) * 1000.0,
+                encoder_hidden_states_t5=t5, encoder_hidden_states_llama3=llama, pooled_embeds=pooled,
+                return_dict=False)
 
 
 def _hidream_velocity(out: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import archs as A
 from . import digits as D
 
 
@@ -48,6 +49,14 @@ def _qwen_model(cfg: dict, sd: Dict[str, torch.Tensor]):
     return comfy.supported_models.QwenImage(unet_config), sd
 
 
+def _hidream_model(cfg: dict, sd: Dict[str, torch.Tensor]):
+    """ComfyUI's HiDream port has diffusers' parameter names: the weights load as they are."""
+    import comfy.supported_models
+
+    unet_config = dict(image_model="hidream", **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return comfy.supported_models.HiDream(unet_config), sd
+
+
 def wan_key_map(comfy_keys) -> Dict[str, str]:
     """{diffusers key: ComfyUI WanModel key}, from diffusers' original->diffusers Wan converter."""
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
@@ -67,13 +76,14 @@ def _wan_model(cfg: dict, sd: Dict[str, torch.Tensor]):
     return config, None  # the key map needs the built model's keys: see load_patcher
 
 
-def _digits_latent_format():
-    """One channel, one frame, no scaling: the bundled Wan / Qwen-Image models work on pixels."""
+def _digits_latent_format(dimensions: int = 3):
+    """One channel, no scaling: the bundled Wan / Qwen-Image (one frame) and HiDream (an image) models
+    work on pixels."""
     import comfy.latent_formats
 
     class DigitsLatent(comfy.latent_formats.LatentFormat):
         latent_channels = 1
-        latent_dimensions = 3
+        latent_dimensions = dimensions
 
     return DigitsLatent()
 
@@ -88,10 +98,10 @@ def load_patcher(arch: str = "flux", weights: Optional[str] = None) -> Tuple[obj
     cfg = D.load_config(D.config_path(arch))["transformer"]
     state = load_file(weights or D.weights_path(arch))
     sd = {k[len("transformer."):]: v.float() for k, v in state.items() if k.startswith("transformer.")}
-    builders = {"flux": _flux_model, "qwen": _qwen_model, "wan": _wan_model}
+    builders = {"flux": _flux_model, "qwen": _qwen_model, "wan": _wan_model, "hidream": _hidream_model}
     config, comfy_sd = builders[arch](cfg, sd)
     if arch != "flux":
-        config.latent_format = _digits_latent_format()
+        config.latent_format = _digits_latent_format(2 if arch == "hidream" else 3)
     config.set_inference_dtype(torch.float32, None)
     cpu = torch.device("cpu")
     model = config.get_model({}, "", device=cpu)
@@ -124,11 +134,14 @@ def generate(patcher, bundled: D.DigitsModel, labels: torch.Tensor, *, steps: in
         uncond = bundled.condition(torch.full_like(labels, D.NULL_LABEL))
 
     def entry(c, extra):
-        options = {"pooled_output": c[1]} if c[1] is not None else {}
-        return [[c[0], {**options, **(extra or {})}]]
+        text, options = c[0], ({"pooled_output": c[1]} if c[1] is not None else {})
+        if bundled.arch == "hidream":  # the T5 tokens as the text; the per-block Llama features as [B, layers, T, D]
+            text, llama = A.hidream_text(text)
+            options["conditioning_llama3"] = llama.movedim(0, 1)
+        return [[text, {**options, **(extra or {})}]]
 
     noise = torch.randn((labels.shape[0], 1, size, size), generator=torch.Generator().manual_seed(seed))
-    if bundled.arch != "flux":
+    if bundled.arch not in ("flux", "hidream"):
         noise = noise.unsqueeze(2)  # [B, C, frames, H, W]
     if sigmas is None:
         sigmas = D.sigmas_schedule(steps, bundled.sigma_shift)
