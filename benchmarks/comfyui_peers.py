@@ -11,7 +11,7 @@ start/end percent 0.15/0.95) over a threshold grid. Quality: PSNR pooled over --
 cell (batch 1: that many seeds; batch 8: images / 8 seeds; seed k draws digits from 8k on) against
 the unpatched images of the same seed: single images spread widely (37.7-50.3 dB for our default
 on ten batch-1 seeds of the FLUX layout), so a cell of one or two images says little. Block
-calls: forward calls of the diffusion model's block-list modules against unpatched (EasyCache
+calls: blocks of the diffusion model's block lists that computed (their first linear layer ran) against unpatched (EasyCache
 skips whole model calls, CacheDit the blocks of a step). Wall speedup: median over --repeats interleaved (unpatched, cached)
 pairs on the first seed. A row whose sampling raises is kept, with the exception, as a result.
 Writes benchmarks/results/comfyui_peers.md (`--out`).
@@ -35,16 +35,28 @@ THRESHOLDS = (0.02, 0.05, 0.1, 0.2)  # the nodes' default is 0.2
 
 
 def _block_lists(diffusion_model: torch.nn.Module) -> List[torch.nn.ModuleList]:
+    """The block lists CacheDit's ComfyUI adapter hooks (not, e.g., HiDream's caption projections)."""
+    from cachedit.adapters.comfyui.layout import layout_of
+
+    layout = layout_of(diffusion_model)
+    if layout.mode != "step":
+        return [getattr(diffusion_model, name) for name, _ in layout.lists]
     return [m for m in diffusion_model.children() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
 
 
+def _first_linear(block: torch.nn.Module) -> torch.nn.Module:
+    """A module that runs only when the block really computes: its first linear layer (an object-
+    patched block, HiDream's, is still called when reused; its insides are not)."""
+    return next((m for m in block.modules() if isinstance(m, torch.nn.Linear)), block)
+
+
 class BlockCalls:
-    """Counts forward calls of every block in the diffusion model's block lists while installed."""
+    """Counts the blocks of the diffusion model's block lists that really compute while installed."""
 
     def __init__(self, diffusion_model: torch.nn.Module) -> None:
         self.count = 0
-        self._handles = [b.register_forward_pre_hook(self._hit) for blocks in _block_lists(diffusion_model)
-                         for b in blocks]
+        self._handles = [_first_linear(b).register_forward_pre_hook(self._hit)
+                         for blocks in _block_lists(diffusion_model) for b in blocks]
 
     def _hit(self, *_args) -> None:
         self.count += 1
@@ -139,7 +151,8 @@ def table(results: Dict[tuple, List[dict]], images: int, repeats: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", nargs="+", default=["flux", "wan", "qwen"], choices=("flux", "wan", "qwen"))
+    p.add_argument("--arch", nargs="+", default=["flux", "wan", "qwen"], choices=("flux", "wan", "qwen", "hidream"),
+                   help="bundled models (hidream: the held-out one that loads into ComfyUI's own class)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--images", type=int, default=8, help="images per cell (seeds = images / batch, at least 1)")
     p.add_argument("--repeats", type=int, default=2)

@@ -40,3 +40,32 @@ def test_block_calls_and_rows_on_a_short_run(comfy_harness):
     assert "easycache" not in patcher.model_options.get("transformer_options", {})
     assert not patcher.wrappers  # the nodes cloned it
     assert "| flux | 1 | CacheDit Accelerate (default) |" in P.table({("flux", 1): rows}, 1, 1)
+
+
+def test_block_calls_count_only_computed_blocks_of_an_object_patched_model(comfy_harness):
+    """HiDream's blocks are object-patched (no block replace patches): a reused block is still called,
+    its insides are not. The counter counts the blocks that computed, over the adapter's block lists
+    only (not HiDream's list of caption projections)."""
+    import torch
+
+    import cachedit
+
+    sys.path.insert(0, ROOT)
+    from benchmarks import comfyui_peers as P
+    from cachedit.bundled import comfyui as bundled_comfy
+
+    patcher, bundled = bundled_comfy.load_patcher("hidream")
+    dm = patcher.model.diffusion_model
+    blocks = sum(len(b) for b in P._block_lists(dm))
+    assert blocks == len(dm.double_stream_blocks) + len(dm.single_stream_blocks) == 8
+    counter = P.BlockCalls(dm)
+    bundled_comfy.generate(patcher, bundled, torch.tensor([3]), steps=6)
+    assert counter.count == 6 * blocks
+    counter.count = 0
+    model = cachedit.enable_cache(patcher, strategy="fixed", skip_interval=2, warmup_steps=1, Fn_compute_blocks=1,
+                                  Bn_compute_blocks=0)
+    bundled_comfy.generate(model, bundled, torch.tensor([3]), steps=6)
+    reused = len(cachedit.summary(model, logging=False)[0].cached_steps)
+    cachedit.disable_cache(model)
+    counter.remove()
+    assert reused > 0 and counter.count == (6 - reused) * blocks + reused * 1  # a reused step runs its first block
