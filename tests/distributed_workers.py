@@ -237,6 +237,11 @@ def failing_rank(rank: int, world: int, init_file: str, steps: int = 12) -> Dict
     import cachedit
     import torch.distributed as dist
 
+    # a group of its own with a short timeout: rank 0 learns of rank 1's failure only when its reduction
+    # times out (rank 1 leaves the group but gloo does not cancel rank 0's wait); 8 s instead of 20
+    dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}.short", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=8))
     D, model = _bundled()
     labels = [0, 1]
     fresh = _run(D, model, labels, steps, **_fixed_threshold(0.2))
