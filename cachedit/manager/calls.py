@@ -180,8 +180,8 @@ class CallPlacer:
                     self.on_run_started(run, request)
                 if bus.run_started.receivers:
                     bus.run_started.send(self.key, name=self.name, run=run.index, reason=reason)
-            if not run.moved_evaluation and self._moved_evaluation(run, step, request.model_input):
-                run.moved_evaluation = True
+            if run.watch_latents and self._moved_evaluation(run, step, request.model_input):
+                run.watch_latents, run.step_input = False, None
                 if self.on_moved_evaluation is not None:
                     self.on_moved_evaluation(run)
             branch = run.branch(key)

@@ -144,6 +144,8 @@ class CacheEngine:
             sampler = hint.sampler if hint is not None else None
             self.feedback.sampler = sampler if sampler is not None or piped is None else piped.sampler
             self.feedback.uneven_branches = False  # until this run's branches show otherwise (decisions.py)
+        # Heun-type calls matter only to feedback with no sampler named: otherwise no latent is held or compared
+        run.watch_latents = self.feedback is not None and self.feedback.sampler is None
         if self.base_options.preset is None:
             return
         info = hint if hint is not None else RunInfo(run.total_steps, request.progress or 0.0)
@@ -162,9 +164,9 @@ class CacheEngine:
     def _moved_evaluation(self, run) -> None:
         """A step of this run evaluated the model twice on different latents (calls.py): a Heun-type
         sampler. When the caller named no sampler (a transformer in a loop of its own), error
-        feedback's budget follows that kind from here on (sampler_kind.SECOND_EVALUATION)."""
-        if self.feedback is not None and self.feedback.sampler is None:
-            self.feedback.sampler = sampler_kind.SECOND_EVALUATION
+        feedback's budget follows that kind from here on (sampler_kind.SECOND_EVALUATION); only such
+        runs are watched (_run_started)."""
+        self.feedback.sampler = sampler_kind.SECOND_EVALUATION
 
     def reconfigure(self, options: CacheOptions) -> None:
         """Switch to new options (the caller re-installs hooks: block roles may change)."""
