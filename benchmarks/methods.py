@@ -160,6 +160,47 @@ def ours_feedback(budget: float, warmup: int = 3, mc: int = 3, order: int = 1, f
                 **_ours_configs(threshold, warmup, mc, order, fn, bn))
 
 
+def stride_mask(total: int, warmup: int, first: int, stride: int) -> List[int]:
+    """A static steps mask (1 = compute) of `total` steps: the first `warmup` steps, then one after
+    `first` reused steps, then one every `stride` steps; the steps after the last one are reused.
+    TaylorSeer-style interval caching (diffusers' TaylorSeerCache: `disable_cache_before_step`,
+    `cache_interval`) with a first window of its own."""
+    mask = [1 if i < warmup else 0 for i in range(total)]
+    i = warmup + first
+    while i < total:
+        mask[i] = 1
+        i += stride
+    return mask
+
+
+def stride_tag(warmup: int, first: int, stride: int) -> str:
+    return f"stride mask W{warmup} F{first} S{stride}"
+
+
+def ours_stride(warmup: int, first: int, stride: int, order: int = 2, series: str = "ours tuned") -> Method:
+    """Ours with a static `stride_mask` (cache-dit's `steps_computation_mask`, policy "static"): no
+    probe, no block computed on a reused step (Fn 0), TaylorSeer `order` forecasts."""
+    import cachedit
+
+    method = ours("ours", series)  # replaced below: a static mask, not the default's settings
+    method.name = f"ours {stride_tag(warmup, first, stride)} TS{order}"
+    method.params.pop("_feedback", None)
+
+    def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
+        cfg = cachedit.DBCacheConfig(Fn_compute_blocks=0, Bn_compute_blocks=0, residual_diff_threshold=0.08,
+                                     max_warmup_steps=0, max_continuous_cached_steps=-1,
+                                     steps_computation_mask=stride_mask(steps, warmup, first, stride),
+                                     steps_computation_policy="static")
+        view = _VIEWS[id(t)] = PipelineView(t, steps)
+        cachedit.enable_cache(view, cache_config=cfg,
+                              calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order))
+        cachedit.reset_cache_stats(t)
+
+    method.enable = enable
+    method.params.update(Fn=0, Bn=0, taylorseer_order=order, mask=stride_tag(warmup, first, stride), static=True)
+    return method
+
+
 def ours_old_default() -> Method:
     """The previous library default: the fixed threshold 0.24 with TaylorSeer order 1."""
     return ours_adaptive(0.24, 3, 3, order=1, fn=1, series="ours old default (fixed)",
@@ -232,12 +273,13 @@ def _cache_dit_target(t: nn.Module) -> Any:
 
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
                      mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False,
-                     separate_cfg: bool = False) -> Method:
+                     separate_cfg: bool = False, stride: Optional[Tuple[int, int, int]] = None) -> Method:
     """The real cache-dit on the transformer alone. `num_inference_steps` is set in its config so
     its persistent context refreshes per generation (verified by the determinism check).
     `enable_separate_cfg` is told how the sampler calls the model (the benchmark batches CFG into
     one call): left to cache-dit, it assumes separate cond/uncond calls for Wan and Qwen-Image and
-    then never caches a batched-CFG run."""
+    then never caches a batched-CFG run. `stride`: (warmup, first, stride) of a static `stride_mask`
+    instead of a mask policy."""
 
     built: Dict[str, Any] = {}
 
@@ -251,6 +293,9 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
         if mask_policy is not None:
             kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
+        if stride is not None:
+            kwargs["steps_computation_mask"] = stride_mask(steps, *stride)
+            kwargs["steps_computation_policy"] = "static"
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
         encoder = _bundled_arch(t) not in _NO_TEXT_OUTPUT  # see _NO_TEXT_OUTPUT
         built["calibrator_config"] = lambda: (cache_dit.TaylorSeerCalibratorConfig(
@@ -282,7 +327,9 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
     return Method(name=name, family="cache-dit", series=series, enable=enable, disable=disable, report=_cache_dit_report,
                   before_run=before_run, memory_roots=roots, params=dict(Fn=fn, Bn=bn, threshold=threshold, warmup=warmup,
                                                   max_continuous_cached_steps=mc, taylorseer_order=order,
-                                                  mask=mask_policy, static=mask_static, separate_cfg=separate_cfg))
+                                                  mask=stride_tag(*stride) if stride else mask_policy,
+                                                  static=mask_static or stride is not None, separate_cfg=separate_cfg,
+                                                  stride=stride))
 
 
 # ----------------------------------------------------------------------------------------------

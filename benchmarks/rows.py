@@ -110,11 +110,17 @@ def tuning_grid(sweep: str, quick: bool = False) -> Dict[str, List[M.Method]]:
           for w, mc in ((3, 3), (2, 6)) for o in (1, 2)]
     cd = [(r, w, mc, o) for r in ((0.3, 0.4, 0.6) if full else (0.4, 0.6)) for w in (1, 2, 3)
           for mc in ((3, 4, 6, 8) if full else (4, 6, 8)) for o in (1, 2)]
+    # static interval masks (warmup, first reused window, stride), the same for ours and cache-dit
+    strides = [(w, f, s) for w in (1, 2, 3) for f in (2, 3, 4) for s in (4, 5, 6)] if full else \
+        [(w, f, s) for w in (1, 2) for f in (3, 4) for s in (4, 5)]
     grid = {
         "ours tuned": [M.ours_adaptive(r, w, mc, order=o, fn=0, series="ours tuned") for r, w, mc, o in f0]
-        + [M.ours_feedback(e, w, mc, order=o, fn=fn, series="ours tuned") for e, fn, w, mc, o in fb],
+        + [M.ours_feedback(e, w, mc, order=o, fn=fn, series="ours tuned") for e, fn, w, mc, o in fb]
+        + [M.ours_stride(w, f, s, order=2) for w, f, s in strides],
         "cache-dit tuned": [M.cache_dit_method(f"cache-dit F1B0 R{r:g} W{w} MC{mc} TS{o}", "cache-dit tuned", threshold=r,
-                                               warmup=w, mc=mc, order=o) for r, w, mc, o in cd],
+                                               warmup=w, mc=mc, order=o) for r, w, mc, o in cd]
+        + [M.cache_dit_method(f"cache-dit F1B0 {M.stride_tag(w, f, s)} TS2", "cache-dit tuned", warmup=w, order=2,
+                              stride=(w, f, s)) for w, f, s in strides],
         "diffusers FBC": [M.diffusers_fbc(t) for t in ((0.03, 0.08, 0.12, 0.16, 0.3) if full else (0.03, 0.08, 0.15))],
         "diffusers TaylorSeer": [M.diffusers_taylorseer(i, order=o, before=b) for i in ((2, 3, 4, 6) if full else (3, 4, 6))
                                  for o in (1, 2) for b in ((2, 3) if full else (3,))],
@@ -145,6 +151,9 @@ def like_for_like(picked_cache_dit: Sequence[str], grid: Dict[str, List[M.Method
     for m in grid.get("cache-dit tuned", []):
         if m.name in picked_cache_dit[:1]:
             p = m.params
+            if p.get("stride"):  # the same static mask, without cache-dit's probe block
+                out.append(M.ours_stride(*p["stride"], order=p["taylorseer_order"]))
+                continue
             out.append(M.ours_adaptive(p["threshold"], p["warmup"], p["max_continuous_cached_steps"],
                                        order=p["taylorseer_order"], series="ours tuned",
                                        name=f"ours with cache-dit's tuned knobs: F1B0 R{p['threshold']:g} W{p['warmup']} "

@@ -356,6 +356,55 @@ def test_head_to_head_takes_an_older_tables_preset_rows_as_todays():
         _methods(["ours adaptive F0B0 R0.99 W99 MC99 TS9"])
 
 
+def test_head_to_head_validated_summary_leaves_out_rows_that_fail_on_held_out_seeds():
+    """A pick at >= 40 dB on the table's seeds that falls under 40 dB on the held-out seeds (seed luck)
+    is left out of the validated summary, for ours and for a peer alike; the next row of its family counts."""
+    from benchmarks.bundled_bench import BundledResult
+    from benchmarks.head_to_head import report, validated
+
+    def result(rows, seeds):
+        return BundledResult(steps=28, batch=8, rows=[_summary_row("uncached", "uncached", 1.0, math.inf, 1.0)] + rows,
+                             baseline_times=[1.0], acc_ref=1.0, info={}, arch="flux", seeds=seeds)
+
+    picked = result([_summary_row("ours lucky", "ours", 3.8, 40.9, 0.25), _summary_row("ours steady", "ours", 3.3, 43.0, 0.286),
+                     _summary_row("cache-dit lucky", "cache-dit", 3.3, 40.3, 0.31),
+                     _summary_row("cache-dit steady", "cache-dit", 2.8, 42.0, 0.36)], (0, 1, 2))
+    heldout = result([_summary_row("ours lucky", "ours", 1.0, 38.2, 0.25), _summary_row("ours steady", "ours", 1.0, 40.5, 0.286),
+                      _summary_row("cache-dit lucky", "cache-dit", 1.0, 39.2, 0.31),
+                      _summary_row("cache-dit steady", "cache-dit", 1.0, 41.0, 0.36)], (3, 4))
+    as_picked, checked = summary(picked), summary(validated(picked, heldout))
+    assert (as_picked["ours_best"].name, as_picked["best_peer"].name) == ("ours lucky", "cache-dit lucky")
+    assert (checked["ours_best"].name, checked["best_peer"].name) == ("ours steady", "cache-dit steady")
+    assert checked["ours_vs_peer"] == pytest.approx(3.3 / 2.8)
+    assert validated(picked, None) is None
+    text = report(picked, "t.md", 1, {}, 1.0, heldout)
+    assert "| ours lucky | ours | 3.80x |" in text and "| 38.20 | 38.20 | 1.00 |" in text
+    assert "held-out seeds 3, 4 too" in text and "our best: ours steady: 3.30x" in text
+
+
+def test_stride_masks_compute_the_same_steps_in_ours_and_cache_dit():
+    """The stride-mask rows: warmup steps, one after the first reused window, then one every `stride`;
+    ours computes exactly those steps (no probe: Fn 0) and cache-dit gets the same mask."""
+    from benchmarks import methods as M
+
+    assert [i for i, m in enumerate(M.stride_mask(28, 2, 3, 5)) if m] == [0, 1, 5, 10, 15, 20, 25]
+    assert [i for i, m in enumerate(M.stride_mask(10, 1, 2, 4)) if m] == [0, 3, 7]
+    grid = R.tuning_grid("standard")
+    ours = {m.name for m in grid["ours tuned"]}
+    cache_dit = {m.name for m in grid["cache-dit tuned"]}
+    assert "ours stride mask W2 F3 S5 TS2" in ours and "cache-dit F1B0 stride mask W2 F3 S5 TS2" in cache_dit
+    assert [m.name for m in R.like_for_like(["cache-dit F1B0 stride mask W2 F3 S5 TS2"], grid)] == \
+        ["ours stride mask W2 F3 S5 TS2"]
+    from benchmarks.bundled_bench import run_bundled
+
+    model, _ = bench.load_bundled("flux", tiny=True)
+    methods = [M.ours_stride(1, 2, 4), M.cache_dit_method("cache-dit stride", "cache-dit tuned", warmup=1, order=2,
+                                                           stride=(1, 2, 4))]
+    res = run_bundled(model, methods, 10, batch=1, seeds=(0,), timing=False, check_generate=False, log=lambda s: None)
+    assert [r.cached_steps for r in res.rows] == [[0], [7], [7]]  # uncached, ours, cache-dit: steps 0, 3, 7 computed
+    assert res.rows[1].compute == pytest.approx(3 / 10)
+
+
 def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     """A 4-step, batch-1 table of three real row names: the head-to-head times exactly those, writes its
     table and summary, and refuses a table of another model."""
@@ -369,11 +418,14 @@ def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     table = tmp_path / "results_4.md"
     table.write_text(results_markdown(BundledResult(steps=4, batch=1, rows=rows, baseline_times=[1.0], acc_ref=1.0,
                                                     info={}, arch="flux", seeds=(0,)), {}))
-    assert main(["--arch", "flux", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)]) == 0
+    assert main(["--arch", "flux", "--steps", "4", "--table", str(table), "--rounds", "1", "--heldout-seeds", "1",
+                 "--out", str(tmp_path)]) == 0
     text = (tmp_path / "head_to_head_flux_4.md").read_text()
-    timed = [line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ") and " | " in line][1:]
+    lines = [line for line in text.splitlines() if line.startswith("| ") and " | " in line]
+    timed = [line.split(" | ")[0][2:] for line in lines][1:]
     assert timed == ["uncached"] + [m.name for m in R.quick_rows() if m.name.startswith("ours default")] + names[1:]
-    assert "### Summary (flux, 4 steps)" in text
+    assert "held-out PSNR dB" in lines[0] and all(len(line.split(" | ")) == 13 for line in lines)
+    assert "### Summary (flux, 4 steps)" in text and "held-out seeds 1 too" in text
     with pytest.raises(SystemExit):
         main(["--arch", "wan", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)])
 
