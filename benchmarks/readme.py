@@ -97,8 +97,23 @@ def _head_to_head_summaries(results_dir: str) -> List[str]:
             rounds = re.search(r"one group: (\d+) rounds", "\n".join(lines))
             out += ["", f"**{ARCH_NAMES[arch]}, {steps} steps{f', {rounds.group(1)} rounds' if rounds else ''}** "
                     f"([`{os.path.basename(path)}`](benchmarks/results/{os.path.basename(path)})):", ""]
-            out += [line for line in lines[start + 1:] if line.startswith("- ")]
+            out += _section_items(lines, start)
+            checked = next((i for i, line in enumerate(lines) if line.startswith("### Validated")), None)
+            if checked is not None:  # the same summary among the rows that hold on held-out seeds too
+                out += ["- " + lines[checked][4:].replace("the rows", "among the rows", 1) + ":"]
+                out += ["  " + line for line in _section_items(lines, checked)]
     return out
+
+
+def _section_items(lines: List[str], start: int) -> List[str]:
+    """The '- ' lines of the section whose header is lines[start], up to the next header."""
+    items = []
+    for line in lines[start + 1:]:
+        if line.startswith("### "):
+            break
+        if line.startswith("- "):
+            items.append(line)
+    return items
 
 
 def _result_paths(results_dir: str) -> List[str]:

@@ -501,3 +501,19 @@ def test_compute_counter_sees_every_block_of_every_bundled_layout(arch):
         assert counter.macs == 2 * first
     finally:
         counter.close()
+
+
+def test_readme_quotes_a_head_to_head_summary_and_its_validated_one_apart(tmp_path):
+    """The README's head-to-head lines: the summary's items, then the validated section's under one
+    'Validated' item (indented), not run together as one list."""
+    from benchmarks.readme import _head_to_head_summaries
+
+    (tmp_path / "head_to_head_flux_28.md").write_text(
+        "# Head to head\n\nin one group: 16 rounds, rows rotated\n\n| a | b |\n\n### Summary (flux, 28 steps)\n"
+        "- best cache-dit: X\n- our best: lucky 1.3x\n\n### Validated: the rows at >= 40 dB on the held-out seeds 3 too\n"
+        "- best cache-dit: X\n- our best: steady 1.1x\n")
+    lines = _head_to_head_summaries(str(tmp_path))
+    assert lines[1].startswith("**Flux layout (12 blocks), 28 steps, 16 rounds**")
+    assert lines[3:] == ["- best cache-dit: X", "- our best: lucky 1.3x",
+                         "- Validated: among the rows at >= 40 dB on the held-out seeds 3 too:",
+                         "  - best cache-dit: X", "  - our best: steady 1.1x"]
