@@ -13,8 +13,8 @@ speed, rebuilds them from their names (`benchmarks.rows`), and times only those,
 interleaved with the uncached run, for --rounds rounds (`run_bundled`: quality on the table's
 seeds, the rows rotated each round). Writes results/head_to_head_<arch>_<steps>.md.
 
-Every setting of the table was picked on the table's seeds, so a pick can be seed luck (a 7-step
-schedule at 40.9 dB on seeds 0-2 and 37.6-38.2 on others). The contenders then generate
+Every setting of the table was picked on the table's seeds, so a pick can be seed luck (on the
+FLUX layout SeaCache R1.2 K3 holds 42.3 dB on seeds 0-2 and 38.7 on seeds 3-8). The contenders then generate
 --heldout-seeds more seeds (quality only, after the table's seeds), and the summary is given twice:
 as picked, and validated (only rows at >= 40 dB with unchanged accuracy on both seed sets, for every
 family alike).
