@@ -156,9 +156,10 @@ class RunState:
     forced: bool = False  # started by force_refresh_step_hint (its generation's "once" is spent)
     # step -> its first branch's (decision, probe change, form: (stream shape or reference shapes, additions))
     leads: Dict[int, tuple] = dataclasses.field(default_factory=dict)
-    # Heun-type evaluations are looked for (CallPlacer._moved_evaluation) until one is found, or not at
-    # all when the sampler is named (the engine's run start); step_input: (step, its first call's latent)
-    watch_latents: bool = True
+    # Heun-type evaluations are looked for (CallPlacer._moved_evaluation) only when the run's start asks
+    # (the engine: error feedback with no sampler named), until one is found; step_input: (step, its
+    # first call's latent)
+    watch_latents: bool = False
     step_input: Optional[tuple] = None
 
     def __post_init__(self) -> None:
