@@ -2,6 +2,7 @@
 
     python -m benchmarks.head_to_head --arch flux            # reads results/results_28.md
     python -m benchmarks.head_to_head --arch wan --rounds 8 --table path/to/results_wan_28.md
+    python -m benchmarks.head_to_head --arch qwen --extra "ours mask steps 0,1,5,9,15,20,24 TS3"
 
 A results table (`benchmarks.run`) times ~35 rows in 2 rounds each; on a shared 2-core VM one round
 can move a row by 20%, and a family's best row is the fastest of several noisy rows, so a ratio
@@ -96,6 +97,11 @@ def _methods(names: Sequence[str]) -> List[M.Method]:
         today = next((m for m in catalog.values() if m.name.startswith(prefix)), None)
         if today is not None:
             catalog.update({n: today for n in names if n.startswith(prefix)})
+    for n in names:
+        if n not in catalog:
+            row = M.steps_mask_row(n)
+            if row is not None:
+                catalog[n] = row
     missing = [n for n in names if n not in catalog]
     if missing:
         raise ValueError(f"rows not rebuildable from their names (a table from older code?): {missing}")
@@ -136,14 +142,17 @@ def _summary_lines(res: BundledResult) -> List[str]:
 
 
 def report(res: BundledResult, table: str, rounds: int, info: Dict[str, str], seconds: float,
-           heldout: Optional[BundledResult] = None) -> str:
+           heldout: Optional[BundledResult] = None, extra: Sequence[str] = ()) -> str:
     """The markdown of one head-to-head: the rows, then each family's best and the two ratios (and,
-    with `heldout`, the same among the rows that hold on the held-out seeds too)."""
+    with `heldout`, the same among the rows that hold on the held-out seeds too). `extra`: rows timed
+    on top of the table's contenders (--extra), named in the header."""
     held = {r.name: r for r in heldout.rows} if heldout is not None else {}
     lines = [f"# Head to head: bundled {res.arch} model, {res.steps} Euler steps, batch {res.batch} (CFG 3 batched), "
              f"seeds {', '.join(map(str, res.seeds))}", "",
              f"Contenders of `{table}` (per family the least-compute rows at >= {QUALITY_DB:g} dB and the fastest; "
-             f"peer families within {CONTENDER_SHARE:.0%} of the best peer), timed alone in one group: {rounds} rounds, "
+             f"peer families within {CONTENDER_SHARE:.0%} of the best peer)"
+             + (f", plus rows not in the table (--extra): {'; '.join(f'`{n}`' for n in extra)}" if extra else "")
+             + f", timed alone in one group: {rounds} rounds, "
              "rows rotated each round, an uncached run before every two rows. Wall speedup = median over rounds of "
              "(mean of the uncached runs around it) / (this run); best-of = fastest uncached / fastest run.", "",
              "Machine:", machine_block(info), "", f"Took {seconds:.0f} s.", "",
@@ -176,6 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the tables use 1)")
     p.add_argument("--heldout-seeds", type=int, default=6,
                    help="seeds after the table's that every contender also generates, quality only (default 6; 0: none)")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME",
+                   help="also time this row, not in the table (repeatable): any row name the tables use, or a "
+                   "hand-picked static mask, `ours mask steps 0,1,5,9,15,20,24 TS3` / `cache-dit F1B0 mask steps ... TS2`")
     p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
     if args.rounds < 1:
@@ -188,8 +200,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = result_from_markdown(table, R.series_names())
     if res.arch != args.arch or res.steps != args.steps:
         p.error(f"--table {table} is {res.arch} at {res.steps} steps, not {args.arch} at {args.steps}")
-    names = contenders(res)
-    methods = _methods(names)
+    names = contenders(res) + [n for n in args.extra if n not in contenders(res)]
+    try:
+        methods = _methods(names)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     info["code"] = os.environ.get("BENCH_CODE", "working tree")
@@ -207,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               group_size=len(methods), check_generate=False,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     text = report(out, os.path.relpath(table, os.path.dirname(RESULTS_DIR)), args.rounds, info, time.perf_counter() - start,
-                  heldout)
+                  heldout, args.extra)
     print(text)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"head_to_head_{args.arch}_{args.steps}.md"), "w") as f:

@@ -13,8 +13,9 @@ import ast
 import contextlib
 import io
 import logging
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -177,27 +178,66 @@ def stride_tag(warmup: int, first: int, stride: int) -> str:
     return f"stride mask W{warmup} F{first} S{stride}"
 
 
+def computed_steps_mask(total: int, computed: Sequence[int]) -> List[int]:
+    """A static steps mask (1 = compute) of `total` steps computing exactly the steps in `computed`
+    (a mask searched per model, see `steps_tag`)."""
+    if not computed or min(computed) < 0 or max(computed) >= total:
+        raise ValueError(f"computed={list(computed)} must be step indices in 0..{total - 1}")
+    wanted = set(computed)
+    return [1 if i in wanted else 0 for i in range(total)]
+
+
+def steps_tag(computed: Sequence[int]) -> str:
+    return "mask steps " + ",".join(str(i) for i in computed)
+
+
+_STEPS_ROW = re.compile(r"^(ours|cache-dit F1B0) mask steps ((?:\d+,)*\d+) TS(\d)$")
+
+
+def steps_mask_row(name: str) -> Optional[Method]:
+    """The row a name like `ours mask steps 0,1,5,9,15,20,24 TS3` (or `cache-dit F1B0 mask steps ...`)
+    stands for: a static mask of hand-picked computed steps, not in any tuning grid (None for any
+    other name). benchmarks.head_to_head --extra times such rows next to a table's contenders."""
+    match = _STEPS_ROW.match(name)
+    if match is None:
+        return None
+    family, steps, order = match.group(1), [int(i) for i in match.group(2).split(",")], int(match.group(3))
+    if steps != sorted(set(steps)):
+        raise ValueError(f"row {name!r}: its computed steps must be distinct and rising")
+    if family == "ours":
+        return ours_static_mask(steps_tag(steps), lambda total: computed_steps_mask(total, steps), order)
+    return cache_dit_method(name, "cache-dit tuned", warmup=min(steps), order=order,
+                            mask_of=lambda total: computed_steps_mask(total, steps), mask_tag=steps_tag(steps))
+
+
 def ours_stride(warmup: int, first: int, stride: int, order: int = 2, series: str = "ours tuned") -> Method:
     """Ours with a static `stride_mask` (cache-dit's `steps_computation_mask`, policy "static"): no
     probe, no block computed on a reused step (Fn 0), TaylorSeer `order` forecasts."""
+    return ours_static_mask(stride_tag(warmup, first, stride), lambda total: stride_mask(total, warmup, first, stride),
+                            order, series)
+
+
+def ours_static_mask(tag: str, mask_of: Callable[[int], List[int]], order: int = 2,
+                     series: str = "ours tuned") -> Method:
+    """Ours computing the steps `mask_of(total steps)` marks (static policy, no probe: Fn 0), the
+    others forecast with TaylorSeer `order`; the row is named `ours <tag> TS<order>`."""
     import cachedit
 
     method = ours("ours", series)  # replaced below: a static mask, not the default's settings
-    method.name = f"ours {stride_tag(warmup, first, stride)} TS{order}"
+    method.name = f"ours {tag} TS{order}"
     method.params.pop("_feedback", None)
 
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         cfg = cachedit.DBCacheConfig(Fn_compute_blocks=0, Bn_compute_blocks=0, residual_diff_threshold=0.08,
                                      max_warmup_steps=0, max_continuous_cached_steps=-1,
-                                     steps_computation_mask=stride_mask(steps, warmup, first, stride),
-                                     steps_computation_policy="static")
+                                     steps_computation_mask=mask_of(steps), steps_computation_policy="static")
         view = _VIEWS[id(t)] = PipelineView(t, steps)
         cachedit.enable_cache(view, cache_config=cfg,
                               calibrator_config=cachedit.TaylorSeerCalibratorConfig(taylorseer_order=order))
         cachedit.reset_cache_stats(t)
 
     method.enable = enable
-    method.params.update(Fn=0, Bn=0, taylorseer_order=order, mask=stride_tag(warmup, first, stride), static=True)
+    method.params.update(Fn=0, Bn=0, taylorseer_order=order, mask=tag, static=True)
     return method
 
 
@@ -273,13 +313,14 @@ def _cache_dit_target(t: nn.Module) -> Any:
 
 def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, threshold: float = 0.08, warmup: int = 8,
                      mc: int = -1, order: int = 0, mask_policy: Optional[str] = None, mask_static: bool = False,
-                     separate_cfg: bool = False, stride: Optional[Tuple[int, int, int]] = None) -> Method:
+                     separate_cfg: bool = False, stride: Optional[Tuple[int, int, int]] = None,
+                     mask_of: Optional[Callable[[int], List[int]]] = None, mask_tag: Optional[str] = None) -> Method:
     """The real cache-dit on the transformer alone. `num_inference_steps` is set in its config so
     its persistent context refreshes per generation (verified by the determinism check).
     `enable_separate_cfg` is told how the sampler calls the model (the benchmark batches CFG into
     one call): left to cache-dit, it assumes separate cond/uncond calls for Wan and Qwen-Image and
     then never caches a batched-CFG run. `stride`: (warmup, first, stride) of a static `stride_mask`
-    instead of a mask policy."""
+    instead of a mask policy; `mask_of` (named `mask_tag`): any other static mask, by step count."""
 
     built: Dict[str, Any] = {}
 
@@ -295,6 +336,9 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
         if stride is not None:
             kwargs["steps_computation_mask"] = stride_mask(steps, *stride)
+            kwargs["steps_computation_policy"] = "static"
+        if mask_of is not None:
+            kwargs["steps_computation_mask"] = mask_of(steps)
             kwargs["steps_computation_policy"] = "static"
         built["cache_config"] = lambda: cache_dit.DBCacheConfig(**kwargs)
         encoder = _bundled_arch(t) not in _NO_TEXT_OUTPUT  # see _NO_TEXT_OUTPUT
@@ -327,8 +371,9 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
     return Method(name=name, family="cache-dit", series=series, enable=enable, disable=disable, report=_cache_dit_report,
                   before_run=before_run, memory_roots=roots, params=dict(Fn=fn, Bn=bn, threshold=threshold, warmup=warmup,
                                                   max_continuous_cached_steps=mc, taylorseer_order=order,
-                                                  mask=stride_tag(*stride) if stride else mask_policy,
-                                                  static=mask_static or stride is not None, separate_cfg=separate_cfg,
+                                                  mask=stride_tag(*stride) if stride else (mask_tag or mask_policy),
+                                                  static=mask_static or stride is not None or mask_of is not None,
+                                                  separate_cfg=separate_cfg,
                                                   stride=stride))
 
 

@@ -405,6 +405,29 @@ def test_stride_masks_compute_the_same_steps_in_ours_and_cache_dit():
     assert res.rows[1].compute == pytest.approx(3 / 10)
 
 
+def test_hand_picked_mask_rows_compute_exactly_their_steps():
+    """`ours mask steps 0,1,5,... TSk` / `cache-dit F1B0 mask steps ...` name static masks of chosen steps
+    (a mask searched per model): both compute exactly those steps; other names are not such rows; a
+    mask must name rising steps inside the run."""
+    from benchmarks import methods as M
+    from benchmarks.bundled_bench import run_bundled
+
+    assert M.computed_steps_mask(6, [0, 1, 4]) == [1, 1, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match=r"computed=\[0, 6\] must be step indices in 0..5"):
+        M.computed_steps_mask(6, [0, 6])
+    with pytest.raises(ValueError, match="distinct and rising"):
+        M.steps_mask_row("ours mask steps 0,4,2 TS2")
+    assert M.steps_mask_row("ours stride mask W2 F3 S5 TS2") is None
+    assert M.steps_mask_row("ours mask steps 0,1 TS") is None
+    ours, peer = M.steps_mask_row("ours mask steps 0,1,6 TS2"), M.steps_mask_row("cache-dit F1B0 mask steps 0,1,6 TS2")
+    assert (ours.name, ours.family, ours.params["taylorseer_order"]) == ("ours mask steps 0,1,6 TS2", "ours", 2)
+    assert (peer.name, peer.family) == ("cache-dit F1B0 mask steps 0,1,6 TS2", "cache-dit")
+    model, _ = bench.load_bundled("flux", tiny=True)
+    res = run_bundled(model, [ours, peer], 10, batch=1, seeds=(0,), timing=False, check_generate=False, log=lambda s: None)
+    assert [r.cached_steps for r in res.rows] == [[0], [7], [7]]  # steps 0, 1, 6 computed, 7 reused
+    assert res.rows[1].compute == pytest.approx(3 / 10)
+
+
 def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     """A 4-step, batch-1 table of three real row names: the head-to-head times exactly those, writes its
     table and summary, and refuses a table of another model."""
@@ -428,6 +451,30 @@ def test_head_to_head_end_to_end_on_a_short_table(tmp_path):
     assert "### Summary (flux, 4 steps)" in text and "held-out seeds 1 too" in text
     with pytest.raises(SystemExit):
         main(["--arch", "wan", "--steps", "4", "--table", str(table), "--rounds", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # a row no table holds and no mask name parses
+        main(["--arch", "flux", "--steps", "4", "--table", str(table), "--extra", "ours magic", "--out", str(tmp_path)])
+
+
+def test_head_to_head_times_extra_mask_rows_next_to_the_table(tmp_path):
+    """--extra adds hand-picked static masks (ours and cache-dit alike) to the table's contenders,
+    named in the header, timed and validated with them."""
+    from benchmarks.bundled_bench import BundledResult
+    from benchmarks.head_to_head import main
+
+    names = ["ours adaptive F0B0 R0.16 W2 MC4 TS1", "cache-dit F1B0 R0.4 W2 MC4 TS2"]
+    rows = [_summary_row("uncached", "uncached", 1.0, math.inf, 1.0)] + [
+        _summary_row(n, "cache-dit" if n.startswith("cache-dit") else "ours", 2.0, 41.0, 0.5) for n in names]
+    table = tmp_path / "results_4.md"
+    table.write_text(results_markdown(BundledResult(steps=4, batch=1, rows=rows, baseline_times=[1.0], acc_ref=1.0,
+                                                    info={}, arch="flux", seeds=(0,)), {}))
+    extra = ["ours mask steps 0,2 TS1", "cache-dit F1B0 mask steps 0,2 TS1"]
+    assert main(["--arch", "flux", "--steps", "4", "--table", str(table), "--rounds", "1", "--heldout-seeds", "0",
+                 "--extra", extra[0], "--extra", extra[1], "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "head_to_head_flux_4.md").read_text()
+    assert "plus rows not in the table (--extra): `ours mask steps 0,2 TS1`; `cache-dit F1B0 mask steps 0,2 TS1`" in text
+    timed = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert timed[extra[0]][1] == "ours" and timed[extra[1]][1] == "cache-dit"
+    assert timed[extra[0]][6] == "50.0%"  # 2 of 4 steps, no probe block on the reused ones
 
 
 def test_diffusers_models_table_rows(tmp_path):
