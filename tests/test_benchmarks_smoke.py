@@ -564,3 +564,40 @@ def test_readme_quotes_a_head_to_head_summary_and_its_validated_one_apart(tmp_pa
     assert lines[3:] == ["- best cache-dit: X", "- our best: lucky 1.3x",
                          "- Validated: among the rows at >= 40 dB on the held-out seeds 3 too:",
                          "  - best cache-dit: X", "  - our best: steady 1.1x"]
+
+
+def test_mask_search_moves_and_climbs(capsys):
+    """benchmarks.mask_search: single-step moves keep the first two steps and stay distinct, rising and in
+    the run; the climb stops when no move beats the best so far, and the winner is checked on held-out
+    seeds (a tiny model, 8 steps)."""
+    from benchmarks import mask_search as S
+
+    assert S.moves((0, 1, 4, 7), 8) == [(0, 1, 3, 7), (0, 1, 5, 7), (0, 1, 4, 6)]
+    assert S.moves((0, 1, 2), 3) == []
+    scores = {(0, 1, 4, 6): 30.0, (0, 1, 3, 6): 31.0, (0, 1, 5, 6): 29.0, (0, 1, 4, 5): 29.5, (0, 1, 4, 7): 28.0,
+              (0, 1, 2, 6): 30.5, (0, 1, 3, 5): 30.9, (0, 1, 3, 7): 30.2}
+    evaluated = []
+
+    def fake_quality(model, names, steps, seeds, batch):
+        evaluated.append(list(names))
+        out = {}
+        for n in names:
+            mask = tuple(int(i) for i in n.split("mask steps ")[1].split(" ")[0].split(","))
+            out[n] = scores[mask]
+        return out
+
+    real = S.quality
+    S.quality = fake_quality
+    try:
+        mask, order, db, seen = S.search(None, (0, 1, 4, 6), [2], 8, (0,), 1, log=lambda s: None)
+    finally:
+        S.quality = real
+    assert (mask, order, db) == ((0, 1, 3, 6), 2, 31.0)  # its moves (2/4 for 3, 5 for 6) are all worse
+    assert len(evaluated) == 3 and evaluated[0] == ["ours mask steps 0,1,4,6 TS2"]
+    assert S.main(["--arch", "flux", "--tiny", "--steps", "6", "--start", "0,1,4", "--orders", "1",
+                   "--seeds", "1", "--heldout-seeds", "1", "--batch", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| mask | seeds 0-0 PSNR dB | held-out seeds PSNR dB |")
+    assert "| ours mask steps 0,1,4 TS1 |" in table
+    with pytest.raises(SystemExit):
+        S.main(["--arch", "flux", "--tiny", "--steps", "6", "--start", "0,1,6"])
