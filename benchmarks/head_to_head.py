@@ -200,7 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = result_from_markdown(table, R.series_names())
     if res.arch != args.arch or res.steps != args.steps:
         p.error(f"--table {table} is {res.arch} at {res.steps} steps, not {args.arch} at {args.steps}")
-    names = contenders(res) + [n for n in args.extra if n not in contenders(res)]
+    names = contenders(res)
+    names += [n for n in dict.fromkeys(args.extra) if n not in names]
     try:
         methods = _methods(names)
     except ValueError as e:
