@@ -323,6 +323,8 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
     instead of a mask policy; `mask_of` (named `mask_tag`): any other static mask, by step count."""
 
     built: Dict[str, Any] = {}
+    if stride is not None:  # a stride mask is one static mask among others
+        mask_of, mask_tag = (lambda total: stride_mask(total, *stride)), stride_tag(*stride)
 
     def enable(t: nn.Module, steps: int, hooks: SampleHooks) -> None:
         import cache_dit
@@ -334,9 +336,6 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
         if mask_policy is not None:
             kwargs["steps_computation_mask"] = cache_dit.steps_mask(total_steps=steps, mask_policy=mask_policy)
             kwargs["steps_computation_policy"] = "static" if mask_static else "dynamic"
-        if stride is not None:
-            kwargs["steps_computation_mask"] = stride_mask(steps, *stride)
-            kwargs["steps_computation_policy"] = "static"
         if mask_of is not None:
             kwargs["steps_computation_mask"] = mask_of(steps)
             kwargs["steps_computation_policy"] = "static"
@@ -371,8 +370,7 @@ def cache_dit_method(name: str, series: str, *, fn: int = 1, bn: int = 0, thresh
     return Method(name=name, family="cache-dit", series=series, enable=enable, disable=disable, report=_cache_dit_report,
                   before_run=before_run, memory_roots=roots, params=dict(Fn=fn, Bn=bn, threshold=threshold, warmup=warmup,
                                                   max_continuous_cached_steps=mc, taylorseer_order=order,
-                                                  mask=stride_tag(*stride) if stride else (mask_tag or mask_policy),
-                                                  static=mask_static or stride is not None or mask_of is not None,
+                                                  mask=mask_tag or mask_policy, static=mask_static or mask_of is not None,
                                                   separate_cfg=separate_cfg,
                                                   stride=stride))
 
